@@ -1,0 +1,84 @@
+"""Domain errors. Each knows its HTTP status and snake_case code; the web layer maps them once."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(0, int(self.retry_after)))}
+
+
+class BadRequest(GatewayError):
+    status, code = 400, "bad_request"
+
+
+class Unauthenticated(GatewayError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(GatewayError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
+
+
+class ConversationLimit(GatewayError):
+    status, code = 403, "conversation_limit"
+
+
+class TurnConflict(GatewayError):
+    status, code = 409, "turn_conflict"
+
+
+class TooLarge(GatewayError):
+    status, code = 413, "too_large"
+
+
+class InvalidRequest(GatewayError):
+    status, code = 422, "invalid_request"
+
+
+class BudgetExceeded(GatewayError):
+    status, code = 429, "budget_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        # OpenAI SDKs obey this instead of retrying a refusal that lasts until midnight.
+        return {**super().headers(), "x-should-retry": "false"}
+
+
+class RateLimited(GatewayError):
+    status, code = 429, "rate_limited"
+
+
+class UpstreamRejected(GatewayError):
+    status, code = 422, "upstream_rejected"
+
+
+class UpstreamMisconfigured(GatewayError):
+    status, code = 502, "upstream_misconfigured"
+
+
+class UpstreamUnavailable(GatewayError):
+    status, code = 503, "upstream_unavailable"
+
+
+class DependencyUnavailable(GatewayError):
+    """DynamoDB (or another AWS dependency) is down or throttling: fail closed."""
+
+    status, code = 503, "dependency_unavailable"
+
+
+class SettlementFailed(Exception):
+    """Settling a reservation could not be written; the reservation stands."""

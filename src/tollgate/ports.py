@@ -1,0 +1,212 @@
+"""What the chat domain needs from the outside world: one Protocol per dependency.
+
+Each has one real adapter (tollgate.adapters) and fakes in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+Clock = Callable[[], datetime]
+Message = dict[str, Any]
+
+
+# ---------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    tokens: int
+    cost_micros: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCounters:
+    """A user's counters for one UTC day; `tokens`/`cost_micros` include open reservations."""
+
+    day: str
+    tokens: int = 0
+    cost_micros: int = 0
+    reserved_tokens: int = 0
+    reserved_micros: int = 0
+    requests: int = 0
+
+
+class UsageStore(Protocol):
+    async def reserve(
+        self,
+        user_id: str,
+        day: str,
+        request_id: str,
+        tokens: int,
+        micros: int,
+        limits: Limits,
+        expires_at: int,
+    ) -> BudgetCounters | None:
+        """Add a reservation unless it would pass a limit (then None). Adds to an open one."""
+
+    async def settle(
+        self,
+        user_id: str,
+        day: str,
+        request_id: str,
+        reserved: tuple[int, int],
+        actual: tuple[int, int],
+    ) -> BudgetCounters | None:
+        """Replace the reservation by the actual charge. Idempotent: None if already settled."""
+
+    async def release(self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]) -> None:
+        """Drop a reservation that was never used (refused before upstream was called)."""
+
+    async def counters(self, user_id: str, day: str) -> BudgetCounters: ...
+
+
+class RequestRegistry(Protocol):
+    """Cross-instance cancel signals: the streaming instance polls, any instance may cancel."""
+
+    async def register(self, request_id: str, user_id: str, expires_at: int) -> None: ...
+
+    async def request_cancel(self, request_id: str, user_id: str) -> bool:
+        """True when the request exists and belongs to user_id (also when already finished)."""
+
+    async def is_cancelled(self, request_id: str) -> bool: ...
+
+
+# ---------------------------------------------------------------- conversations
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    turn: int
+    user: str
+    assistant: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    created_at: str
+    # tokens the user + assistant messages take in the chat format, for history budgeting
+    history_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """What a new turn needs: the summary and the turns it does not cover yet."""
+
+    conversation_id: str
+    owner: str
+    is_new: bool
+    created_at: str
+    total_tokens: int = 0
+    turn_count: int = 0
+    summary: str | None = None
+    summary_through_turn: int = 0
+    summary_tokens: int = 0
+    turns: list[Turn] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation_id: str
+    created_at: str
+    total_tokens: int
+    summary: str | None
+    summary_through_turn: int
+    turns: list[Turn]
+
+
+class ConversationStore(Protocol):
+    async def begin_turn(
+        self,
+        conversation_id: str | None,
+        user_id: str,
+        request_id: str,
+        *,
+        lease_until: datetime,
+        token_limit: int,
+        now: datetime,
+    ) -> ConversationState:
+        """Take the conversation's turn lease and load what the prompt needs.
+
+        None starts a new conversation (nothing is written until its first turn commits).
+        Raises NotFound (missing, expired or another user's), ConversationLimit
+        (total_tokens >= token_limit), TurnConflict (another turn holds a live lease).
+        """
+
+    async def release_turn(self, state: ConversationState, request_id: str) -> None:
+        """Give the lease back without storing anything (idempotent)."""
+
+    async def commit_turn(
+        self,
+        state: ConversationState,
+        request_id: str,
+        turn: Turn,
+        *,
+        now: datetime,
+        release_lease: bool,
+    ) -> bool:
+        """Store the turn and update the metadata in one transaction.
+
+        False when the conversation was deleted or the lease lost meanwhile (nothing written).
+        """
+
+    async def save_summary(
+        self,
+        state: ConversationState,
+        request_id: str,
+        *,
+        summary: str,
+        through_turn: int,
+        summary_tokens: int,
+        charged_tokens: int,
+        now: datetime,
+    ) -> bool:
+        """Store a new summary, add the summary call's tokens to the total, release the lease."""
+
+    async def get(self, conversation_id: str, user_id: str, now: datetime) -> ConversationView: ...
+
+    async def delete(self, conversation_id: str, user_id: str) -> None: ...
+
+
+# ---------------------------------------------------------------- upstream
+
+
+@dataclass(slots=True)
+class UpstreamUsage:
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+
+
+class UpstreamStream(Protocol):
+    """An upstream response whose status was 200; iterate for text deltas."""
+
+    model: str  # the configured name from the chain that answered
+    upstream_model: str | None  # the snapshot upstream reported, once known
+    usage: UpstreamUsage | None  # set when the final usage chunk arrived
+    finish_reason: str | None
+
+    def deltas(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def open_stream(
+        self,
+        models: list[str],
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        deadline: float,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[UpstreamStream, list[str]]:
+        """Try models in order (429/5xx/timeouts move on); return the stream and models tried.
+
+        Raises UpstreamRejected (400), UpstreamMisconfigured (401/403/404),
+        UpstreamUnavailable (every model failed) — each carrying `models_tried`.
+        `deadline` is a time.monotonic() value.
+        """

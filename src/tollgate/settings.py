@@ -1,0 +1,87 @@
+"""The process's configuration: read from the environment once, validated, cached."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every variable in DESIGN.md's configuration table, by its documented name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key_secret_arn: str | None = None
+
+    usage_table: str = Field(min_length=1)
+    conversations_table: str = Field(min_length=1)
+
+    model_chain: CommaList = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo")
+    summary_model: str = "gpt-4o-mini"
+
+    max_output_tokens: int = Field(default=800, ge=1)
+    max_input_tokens: int = Field(default=8000, ge=1)
+    daily_token_limit: int = Field(default=50_000, ge=0)
+    daily_cost_limit_usd: float | None = Field(default=None, ge=0)
+    conversation_token_limit: int = Field(default=200_000, ge=1)
+    history_token_target: int = Field(default=4000, ge=1)
+
+    stream_timeout_s: float = Field(default=120.0, gt=0)
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+    rate_limit_per_minute: int = Field(default=60, ge=1)
+    conversation_ttl_days: int = Field(default=30, ge=1)
+    cancel_poll_s: float = Field(default=1.0, gt=0)
+    cors_allow_origins: CommaList = ()
+
+    auth_mode: Literal["jwt", "iam"] = "jwt"
+    jwt_secret: str | None = None
+    jwt_secret_arn: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwks_url: str | None = None
+
+    cost_log_group: str | None = None
+    port: int = 8080
+
+    # Not in the public contract: tuning knobs with safe defaults.
+    dynamodb_timeout_s: float = Field(default=2.0, gt=0)
+    dynamodb_max_attempts: int = Field(default=3, ge=1)
+    price_table_path: str | None = None
+    prompts_dir: str | None = None
+
+    @field_validator("model_chain", "cors_allow_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if not self.model_chain:
+            raise ValueError("MODEL_CHAIN must name at least one model")
+        if self.auth_mode == "jwt" and not (self.jwt_secret or self.jwt_secret_arn or self.jwks_url):
+            raise ValueError("AUTH_MODE=jwt needs JWT_SECRET, JWT_SECRET_ARN or JWKS_URL")
+        return self
+
+    @property
+    def daily_cost_limit_micros(self) -> int | None:
+        if self.daily_cost_limit_usd is None:
+            return None
+        return round(self.daily_cost_limit_usd * 1_000_000)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment

@@ -1,0 +1,55 @@
+"""Shared fixtures: real servers on 127.0.0.1 (moto for AWS), fresh tables per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+
+from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+# Tests never talk to real AWS: fake credentials and a fixed region for every boto3 client.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server for the session, speaking the real AWS HTTP protocols on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dynamodb(moto_endpoint: str) -> DynamoDBClient:
+    return boto3.client("dynamodb", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def table_names(dynamodb: DynamoDBClient) -> dict[str, str]:
+    """Fresh tables for this test, created from template.yaml's definitions."""
+    from tollgate.local.tables import create_tables
+
+    suffix = uuid.uuid4().hex[:8]
+    names = {"UsageTable": f"usage-{suffix}", "ConversationsTable": f"conversations-{suffix}"}
+    create_tables(dynamodb, names)
+    return names
