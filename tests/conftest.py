@@ -12,6 +12,8 @@ import pytest
 
 from tests.servers import free_port
 
+pytest_plugins = ["tests.offline_fixture", "tests.gateway_fixture"]
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
@@ -33,8 +35,11 @@ def moto_endpoint() -> Iterator[str]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    # The gateway's own boto3 clients find the local server the way `make run` points them.
+    os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield endpoint
     finally:
         server.stop()
 

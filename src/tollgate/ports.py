@@ -58,7 +58,9 @@ class UsageStore(Protocol):
     ) -> BudgetCounters | None:
         """Replace the reservation by the actual charge. Idempotent: None if already settled."""
 
-    async def release(self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]) -> None:
+    async def release(
+        self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]
+    ) -> None:
         """Drop a reservation that was never used (refused before upstream was called)."""
 
     async def counters(self, user_id: str, day: str) -> BudgetCounters: ...

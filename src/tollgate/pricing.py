@@ -1,4 +1,4 @@
-"""The versioned price table: data with an as-of date, looked up by the model name upstream reports."""
+"""The versioned price table: data with an as-of date, looked up by the reported model name."""
 
 from __future__ import annotations
 

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if not self.model_chain:
             raise ValueError("MODEL_CHAIN must name at least one model")
-        if self.auth_mode == "jwt" and not (self.jwt_secret or self.jwt_secret_arn or self.jwks_url):
+        if self.auth_mode == "jwt" and not (
+            self.jwt_secret or self.jwt_secret_arn or self.jwks_url
+        ):
             raise ValueError("AUTH_MODE=jwt needs JWT_SECRET, JWT_SECRET_ARN or JWKS_URL")
         return self
 
@@ -84,4 +86,4 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    return Settings()  # required fields come from the environment

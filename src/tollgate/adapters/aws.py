@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-from tollgate.settings import get_settings
+from tollgate.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+T = TypeVar("T")
 
 # Enough pooled connections for the thread pool that runs boto3 calls off the event loop.
 MAX_POOL_CONNECTIONS = 64
@@ -28,10 +35,60 @@ def dynamodb_config(timeout_s: float, max_attempts: int) -> Config:
     )
 
 
-@lru_cache(maxsize=1)
-def dynamodb_client() -> DynamoDBClient:
-    settings = get_settings()
-    return boto3.client(
-        "dynamodb",
-        config=dynamodb_config(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts),
+DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@lru_cache(maxsize=4)
+def dynamodb_client(
+    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> DynamoDBClient:
+    """One client per process (per configuration); the endpoint comes from boto3's own env."""
+    return boto3.client("dynamodb", config=dynamodb_config(timeout_s, max_attempts))
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def blocking_executor() -> ThreadPoolExecutor:
+    """Threads that run boto3's blocking calls off the event loop (one pool per process)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=MAX_POOL_CONNECTIONS, thread_name_prefix="aws")
+    return _executor
+
+
+async def run_blocking(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        blocking_executor(), functools.partial(function, *args, **kwargs)
     )
+
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "LimitExceededException",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_condition_failure(exc: ClientError) -> bool:
+    return error_code(exc) == "ConditionalCheckFailedException"
+
+
+def as_unavailable(exc: Exception) -> DependencyUnavailable | None:
+    """The domain error for an AWS failure that means 'try again shortly', else None."""
+    if isinstance(exc, BotoCoreError):
+        return DependencyUnavailable("the database is unavailable", retry_after=2)
+    if isinstance(exc, ClientError) and error_code(exc) in _UNAVAILABLE_CODES:
+        return DependencyUnavailable("the database is busy", retry_after=2)
+    return None

@@ -1,0 +1,284 @@
+"""ASGI entry point: authenticate, parse, call the chat domain, shape the response."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tollgate.auth import Authenticator, JwtConfig
+from tollgate.chat import (
+    MAX_BODY_BYTES,
+    ChatService,
+    ChatStream,
+    config_from_settings,
+    parse_chat_request,
+)
+from tollgate.errors import GatewayError, TooLarge
+from tollgate.observability import CostRecorder
+from tollgate.settings import Settings, get_settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("tollgate.app")
+
+
+@dataclass(slots=True)
+class Dependencies:
+    service: ChatService
+    authenticator: Authenticator
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}},
+        status_code=error.status,
+        headers=error.headers(),
+    )
+
+
+class SSEResponse:
+    """Streams a ChatStream; a client that goes away stops it, and it is always settled."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self._stream
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"x-request-id", stream.request_id.encode()),
+                ],
+            }
+        )
+        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
+        frames: AsyncGenerator[bytes, None] = stream.frames()
+        try:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await frames.aclose()
+            # An await here after a disconnect is cancelled too unless shielded.
+            await asyncio.shield(stream.aclose())
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._stream.stop("client_disconnected")
+                return
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+    return bytes(body)
+
+
+def deps(request: Request) -> Dependencies:
+    dependencies: Dependencies = request.app.state.deps
+    return dependencies
+
+
+def authenticated(
+    handler: Callable[[Request, str], Awaitable[Response | SSEResponse]],
+) -> Callable[[Request], Awaitable[Any]]:
+    async def endpoint(request: Request) -> Any:
+        user_id = deps(request).authenticator.user_id(request.headers)
+        return await handler(request, user_id)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+@authenticated
+async def post_chat(request: Request, user_id: str) -> SSEResponse:
+    chat_request = parse_chat_request(await read_body(request))
+    stream = await deps(request).service.start(user_id, chat_request)
+    return SSEResponse(stream)
+
+
+@authenticated
+async def cancel_chat(request: Request, user_id: str) -> Response:
+    await deps(request).service.cancel(user_id, request.path_params["request_id"])
+    return JSONResponse({"request_id": request.path_params["request_id"]}, status_code=202)
+
+
+@authenticated
+async def get_usage(request: Request, user_id: str) -> Response:
+    return JSONResponse(await deps(request).service.usage_for(user_id))
+
+
+@authenticated
+async def get_conversation(request: Request, user_id: str) -> Response:
+    body = await deps(request).service.conversation(user_id, request.path_params["conversation_id"])
+    return JSONResponse(body)
+
+
+@authenticated
+async def delete_conversation(request: Request, user_id: str) -> Response:
+    await deps(request).service.delete_conversation(user_id, request.path_params["conversation_id"])
+    return Response(status_code=204)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        {"error": {"code": "internal", "message": "internal error"}}, status_code=500
+    )
+
+
+def build_dependencies(
+    settings: Settings,
+    *,
+    recorder: CostRecorder | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Dependencies:
+    """The real adapters: DynamoDB, OpenAI, tiktoken, the price table, prompts/."""
+    from openai import AsyncOpenAI
+
+    from tollgate.adapters.aws import dynamodb_client
+    from tollgate.adapters.conversation_store import DynamoConversationStore
+    from tollgate.adapters.secrets import resolve_secret
+    from tollgate.adapters.tokenizer import token_counter
+    from tollgate.adapters.upstream import OpenAIUpstream
+    from tollgate.adapters.usage_store import DynamoRequestRegistry, DynamoUsageStore
+    from tollgate.pricing import price_table
+    from tollgate.prompts import PromptLibrary
+
+    api_key = settings.openai_api_key or resolve_secret(settings.openai_api_key_secret_arn)
+    client = AsyncOpenAI(
+        api_key=api_key or "missing",
+        base_url=settings.openai_base_url,
+        timeout=settings.openai_timeout_s,
+        max_retries=0,
+    )
+    jwt_secret = settings.jwt_secret or resolve_secret(settings.jwt_secret_arn)
+    dynamodb = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    service = ChatService(
+        config_from_settings(settings),
+        usage=DynamoUsageStore(settings.usage_table, dynamodb),
+        requests=DynamoRequestRegistry(settings.usage_table, dynamodb),
+        conversations=DynamoConversationStore(
+            settings.conversations_table, dynamodb, ttl_days=settings.conversation_ttl_days
+        ),
+        upstream=OpenAIUpstream(client, attempt_timeout_s=settings.openai_timeout_s),
+        tokens=token_counter(),
+        prices=price_table(settings.price_table_path),
+        prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
+        recorder=recorder or CostRecorder(),
+        **({"clock": clock} if clock else {}),
+    )
+    authenticator = Authenticator(
+        settings.auth_mode,
+        JwtConfig(
+            secret=jwt_secret,
+            jwks_url=settings.jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        ),
+    )
+    return Dependencies(service=service, authenticator=authenticator)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    dependencies: Dependencies | None = None,
+) -> Starlette:
+    settings = settings or get_settings()
+    resolved = dependencies or build_dependencies(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.deps = resolved
+        # Load the first model's encoding in the background: ready sooner, first request waits.
+        warm = asyncio.get_running_loop().run_in_executor(
+            None, resolved.service.tokens.count_text, settings.model_chain[0], "warm up"
+        )
+        yield
+        with contextlib.suppress(Exception):
+            await warm
+
+    middleware = []
+    if settings.cors_allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allow_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-end-user-id"],
+                expose_headers=["x-request-id", "retry-after"],
+                max_age=600,
+            )
+        )
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/chat", post_chat, methods=["POST"]),
+        Route("/chat/{request_id}/cancel", cancel_chat, methods=["POST"]),
+        Route("/usage", get_usage, methods=["GET"]),
+        Route("/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+        Route("/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+    )

@@ -1,0 +1,96 @@
+"""Identity: who is calling. JWT (HS256 secret or a JWKS URL) or a trusted IAM backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import jwt
+
+from tollgate.errors import Unauthenticated
+
+LEEWAY_S = 30
+JWKS_ALGORITHMS = ("RS256", "ES256")
+END_USER_HEADER = "x-end-user-id"
+# The Lambda Web Adapter passes the function URL's request context in this header.
+REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
+MAX_USER_ID_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    secret: str | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        mode: str,
+        jwt_config: JwtConfig | None = None,
+        jwks_client: jwt.PyJWKClient | None = None,
+    ) -> None:
+        self._mode = mode
+        self._jwt = jwt_config or JwtConfig()
+        self._jwks = jwks_client
+        if mode == "jwt" and self._jwks is None and self._jwt.jwks_url:
+            self._jwks = jwt.PyJWKClient(self._jwt.jwks_url, cache_keys=True, lifespan=600)
+        if mode == "jwt" and not (self._jwt.secret or self._jwks):
+            raise ValueError("JWT authentication needs a secret or a JWKS URL")
+
+    def user_id(self, headers: Mapping[str, str]) -> str:
+        if self._mode == "iam":
+            return self._iam_user(headers)
+        return self._jwt_user(headers)
+
+    def _jwt_user(self, headers: Mapping[str, str]) -> str:
+        authorization = headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing bearer token")
+        token = token.strip()
+        try:
+            if self._jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
+                key: object = self._jwks.get_signing_key_from_jwt(token).key
+                algorithms = list(JWKS_ALGORITHMS)
+            elif self._jwt.secret:
+                key, algorithms = self._jwt.secret, ["HS256"]
+            else:
+                raise Unauthenticated("token algorithm not accepted")
+            claims = jwt.decode(
+                token,
+                key,  # type: ignore[arg-type]
+                algorithms=algorithms,
+                audience=self._jwt.audience,
+                issuer=self._jwt.issuer,
+                leeway=LEEWAY_S,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._jwt.audience is not None,
+                    "verify_iss": self._jwt.issuer is not None,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("invalid or expired token") from exc
+        return _valid_user_id(claims.get("sub"))
+
+    def _iam_user(self, headers: Mapping[str, str]) -> str:
+        try:
+            context = json.loads(headers.get(REQUEST_CONTEXT_HEADER, ""))
+        except ValueError as exc:
+            raise Unauthenticated("no IAM-authorised request context") from exc
+        iam = (context.get("authorizer") or {}).get("iam") if isinstance(context, dict) else None
+        if not isinstance(iam, dict) or not (iam.get("userArn") or iam.get("callerId")):
+            raise Unauthenticated("no IAM-authorised request context")
+        return _valid_user_id(headers.get(END_USER_HEADER))
+
+
+def _valid_user_id(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
+        raise Unauthenticated("no valid user id")
+    if any(ord(char) < 32 for char in value):
+        raise Unauthenticated("no valid user id")
+    return value

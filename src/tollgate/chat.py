@@ -1,0 +1,848 @@
+"""The chat session, independent of the web framework.
+
+`ChatService.start` runs every check before a byte is sent (so refusals get real
+statuses), then returns a `ChatStream` whose `frames()` are the SSE bytes of the
+response. However the stream ends (completed, cancel, disconnect, timeout, upstream
+cut), `ChatStream.finish` settles the budget, stores the turn and writes the cost
+record exactly once, in its own task, so a cancelled caller cannot interrupt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from tollgate import history, sse
+from tollgate.budget import (
+    budget_expires_at,
+    iso_z,
+    reservation_for,
+    seconds_to_reset,
+    usage_view,
+    utc_day,
+)
+from tollgate.errors import (
+    BadRequest,
+    BudgetExceeded,
+    ConversationLimit,
+    DependencyUnavailable,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    TooLarge,
+    TurnConflict,
+    UpstreamRejected,
+)
+from tollgate.observability import CostRecord, CostRecorder
+from tollgate.ports import (
+    BudgetCounters,
+    ConversationState,
+    ConversationStore,
+    ConversationView,
+    Limits,
+    Message,
+    RequestRegistry,
+    Turn,
+    Upstream,
+    UpstreamStream,
+    UsageStore,
+)
+from tollgate.pricing import PriceTable, micros_to_usd
+from tollgate.prompts import PromptLibrary
+
+MAX_BODY_BYTES = 64 * 1024
+SETTLE_ATTEMPTS = 4
+# Framing tokens of the messages around the history: system, summary, user.
+PROMPT_FRAMING_TOKENS = 3 * 3 + 3
+SUMMARY_PROMPT_NAME = "summarize"
+# Enough time after the stream's deadline to settle, store and summarise.
+LEASE_MARGIN_S = 30.0
+
+
+class TokenCounter(Protocol):
+    def count_text(self, model: str, text: str) -> int: ...
+
+    def count_messages(self, model: str, messages: list[Message]) -> int: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    model_chain: tuple[str, ...]
+    summary_model: str
+    max_output_tokens: int
+    max_input_tokens: int
+    limits: Limits
+    conversation_token_limit: int
+    history_token_target: int
+    stream_timeout_s: float
+    openai_timeout_s: float
+    cancel_poll_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    message: str
+    conversation_id: str | None = None
+    prompt: str = "default"
+    max_tokens: int | None = None
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Validate a POST /chat body (unknown fields are ignored)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("request body is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    message = payload.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidRequest("`message` must be a non-empty string")
+    conversation_id = payload.get("conversation_id")
+    if conversation_id is not None and (
+        not isinstance(conversation_id, str) or not conversation_id
+    ):
+        raise InvalidRequest("`conversation_id` must be a non-empty string or null")
+    prompt = payload.get("prompt", "default")
+    if prompt is None:
+        prompt = "default"
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidRequest("`prompt` must be the name of a prompt")
+    max_tokens = payload.get("max_tokens")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise InvalidRequest("`max_tokens` must be an integer or null")
+        if max_tokens < 1:
+            raise InvalidRequest("`max_tokens` must be at least 1")
+    return ChatRequest(message, conversation_id, prompt, max_tokens)
+
+
+@dataclass(slots=True)
+class Outcome:
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    budget: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Reservation:
+    user_id: str
+    day: str
+    request_id: str
+    tokens: int
+    micros: int
+
+    @property
+    def amounts(self) -> tuple[int, int]:
+        return self.tokens, self.micros
+
+
+class ChatService:
+    def __init__(
+        self,
+        config: ChatConfig,
+        *,
+        usage: UsageStore,
+        requests: RequestRegistry,
+        conversations: ConversationStore,
+        upstream: Upstream,
+        tokens: TokenCounter,
+        prices: PriceTable,
+        prompts: PromptLibrary,
+        recorder: CostRecorder,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        prices.require([*config.model_chain, config.summary_model])
+        self.config = config
+        self.usage = usage
+        self.requests = requests
+        self.conversations = conversations
+        self.upstream = upstream
+        self.tokens = tokens
+        self.prices = prices
+        self.prompts = prompts
+        self.recorder = recorder
+        self.clock = clock
+        self._active: dict[str, ChatStream] = {}
+        self._system_tokens: dict[tuple[str, str], int] = {}
+        self._chain_prices = [prices.price(model) for model in config.model_chain]
+
+    # ------------------------------------------------------------ queries
+
+    async def usage_for(self, user_id: str) -> dict[str, Any]:
+        now = self.clock()
+        counters = await self.usage.counters(user_id, utc_day(now))
+        return usage_view(counters, self.config.limits, now)
+
+    async def conversation(self, user_id: str, conversation_id: str) -> dict[str, Any]:
+        view = await self.conversations.get(conversation_id, user_id, self.clock())
+        return conversation_json(view)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        await self.conversations.delete(conversation_id, user_id)
+
+    async def cancel(self, user_id: str, request_id: str) -> None:
+        if not await self.requests.request_cancel(request_id, user_id):
+            raise NotFound("no such request")
+        stream = self._active.get(request_id)
+        if stream is not None and stream.user_id == user_id:
+            stream.stop("cancelled")
+
+    # ------------------------------------------------------------ chat
+
+    def _count_system(self, model: str, prompt_name: str, text: str) -> int:
+        key = (model, prompt_name)
+        if key not in self._system_tokens:
+            self._system_tokens[key] = self.tokens.count_text(model, text)
+        return self._system_tokens[key]
+
+    async def start(self, user_id: str, request: ChatRequest) -> ChatStream:
+        config = self.config
+        started_at = self.clock()
+        started = time.monotonic()
+        deadline = started + config.stream_timeout_s
+        system_prompt = self.prompts.get(request.prompt)
+        if system_prompt is None:
+            raise InvalidRequest(f"unknown prompt {request.prompt!r}")
+        primary = config.model_chain[0]
+        message_tokens = self.tokens.count_text(primary, request.message)
+        if message_tokens > config.max_input_tokens:
+            raise TooLarge(
+                f"message is {message_tokens} tokens; the limit is {config.max_input_tokens}"
+            )
+        cap = min(request.max_tokens or config.max_output_tokens, config.max_output_tokens)
+        request_id = new_request_id()
+        record = CostRecord(
+            request_id=request_id,
+            user_id=user_id,
+            conversation_id=request.conversation_id,
+            model=primary,
+            kind="chat",
+            prompt=request.prompt,
+            started_at=iso_z(started_at),
+        )
+
+        # An upper bound of the prompt known before the history is loaded lets the
+        # reservation and the history load run concurrently.
+        prompt_bound = (
+            self._count_system(primary, request.prompt, system_prompt)
+            + config.history_token_target
+            + message_tokens
+            + PROMPT_FRAMING_TOKENS
+        )
+        tokens, micros = reservation_for(prompt_bound, cap, self._chain_prices)
+        reservation = _Reservation(user_id, utc_day(started_at), request_id, tokens, micros)
+        lease_until = started_at + timedelta(
+            seconds=config.stream_timeout_s + config.openai_timeout_s + LEASE_MARGIN_S
+        )
+        reserved, loaded = await asyncio.gather(
+            self.usage.reserve(
+                user_id,
+                reservation.day,
+                request_id,
+                tokens,
+                micros,
+                config.limits,
+                budget_expires_at(reservation.day),
+            ),
+            self.conversations.begin_turn(
+                request.conversation_id,
+                user_id,
+                request_id,
+                lease_until=lease_until,
+                token_limit=config.conversation_token_limit,
+                now=started_at,
+            ),
+            return_exceptions=True,
+        )
+        admitted = isinstance(reserved, BudgetCounters)
+        conversation = loaded if isinstance(loaded, ConversationState) else None
+        failure = next((r for r in (loaded, reserved) if isinstance(r, BaseException)), None)
+        if failure is not None or not admitted or conversation is None:
+            await self._undo(reservation if admitted else None, conversation, request_id)
+            if isinstance(failure, ConversationLimit | TurnConflict):
+                record.outcome = (
+                    "conversation_cap"
+                    if isinstance(failure, ConversationLimit)
+                    else "turn_conflict"
+                )
+                self._emit(record, started)
+            if failure is not None:
+                raise failure
+            record.outcome = "budget_refused"
+            self._emit(record, started)
+            raise BudgetExceeded("daily budget exhausted", retry_after=seconds_to_reset(started_at))
+
+        record.conversation_id = conversation.conversation_id
+        turns = history.history_window(
+            conversation.summary_tokens, conversation.turns, config.history_token_target
+        )
+        messages = history.build_messages(
+            system_prompt, conversation.summary, turns, request.message
+        )
+        prompt_tokens = self.tokens.count_messages(primary, messages)
+        try:
+            if prompt_tokens > prompt_bound:
+                # Only when the latest turn alone is longer than the history target.
+                extra_tokens, extra_micros = reservation_for(
+                    prompt_tokens - prompt_bound, 0, self._chain_prices
+                )
+                topped = await self.usage.reserve(
+                    user_id,
+                    reservation.day,
+                    request_id,
+                    extra_tokens,
+                    extra_micros,
+                    config.limits,
+                    budget_expires_at(reservation.day),
+                )
+                if topped is None:
+                    await self._undo(reservation, conversation, request_id)
+                    record.outcome = "budget_refused"
+                    self._emit(record, started)
+                    raise BudgetExceeded(
+                        "daily budget exhausted", retry_after=seconds_to_reset(started_at)
+                    )
+                reservation.tokens += extra_tokens
+                reservation.micros += extra_micros
+            opened, registered = await asyncio.gather(
+                self.upstream.open_stream(
+                    list(config.model_chain), messages, max_tokens=cap, deadline=deadline
+                ),
+                self.requests.register(
+                    request_id, user_id, int(started_at.timestamp()) + 24 * 3600
+                ),
+                return_exceptions=True,
+            )
+        except BaseException:
+            await self._undo(reservation, conversation, request_id)
+            raise
+        if isinstance(opened, BaseException) or isinstance(registered, BaseException):
+            if not isinstance(opened, BaseException):
+                await opened[0].aclose()
+            await self._undo(reservation, conversation, request_id)
+            error = opened if isinstance(opened, BaseException) else registered
+            if isinstance(error, GatewayError) and not isinstance(error, DependencyUnavailable):
+                record.models_tried = list(getattr(error, "models_tried", []))
+                record.outcome = (
+                    "upstream_rejected" if isinstance(error, UpstreamRejected) else "upstream_error"
+                )
+                record.error = error.message
+                self._emit(record, started)
+            assert isinstance(error, BaseException)
+            raise error
+
+        upstream_stream, models_tried = opened
+        record.model = upstream_stream.model
+        record.models_tried = models_tried
+        stream = ChatStream(
+            service=self,
+            request=request,
+            record=record,
+            reservation=reservation,
+            conversation=conversation,
+            upstream=upstream_stream,
+            prompt_tokens=prompt_tokens,
+            started=started,
+            deadline=deadline,
+        )
+        self._active[request_id] = stream
+        return stream
+
+    async def _undo(
+        self,
+        reservation: _Reservation | None,
+        conversation: ConversationState | None,
+        request_id: str,
+    ) -> None:
+        """Give back what a refused request took: it is charged and stores nothing."""
+        undo: list[Any] = []
+        if reservation is not None:
+            undo.append(
+                self.usage.release(
+                    reservation.user_id, reservation.day, request_id, reservation.amounts
+                )
+            )
+        if conversation is not None:
+            undo.append(self.conversations.release_turn(conversation, request_id))
+        results = await asyncio.shield(asyncio.gather(*undo, return_exceptions=True))
+        for result in results:
+            if isinstance(result, Exception):
+                self.recorder.error("release_failed", request_id=request_id, error=repr(result))
+
+    def _emit(self, record: CostRecord, started: float) -> None:
+        record.latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.recorder.emit(record)
+
+    def _forget(self, request_id: str) -> None:
+        self._active.pop(request_id, None)
+
+
+class ChatStream:
+    def __init__(
+        self,
+        *,
+        service: ChatService,
+        request: ChatRequest,
+        record: CostRecord,
+        reservation: _Reservation,
+        conversation: ConversationState,
+        upstream: UpstreamStream,
+        prompt_tokens: int,
+        started: float,
+        deadline: float,
+    ) -> None:
+        self._service = service
+        self._request = request
+        self._record = record
+        self._reservation = reservation
+        self._conversation = conversation
+        self._upstream = upstream
+        self._prompt_tokens = prompt_tokens
+        self._started = started
+        self._deadline = deadline
+        self._parts: list[str] = []
+        self._stop_reason: str | None = None
+        self._first_token_at: float | None = None
+        self._finish_task: asyncio.Task[Outcome] | None = None
+        self._closers: set[asyncio.Task[None]] = set()
+
+    @property
+    def request_id(self) -> str:
+        return self._record.request_id
+
+    @property
+    def user_id(self) -> str:
+        return self._record.user_id
+
+    @property
+    def conversation_id(self) -> str:
+        return self._conversation.conversation_id
+
+    def stop(self, reason: str) -> None:
+        """End the stream early (cancel, disconnect, timeout): upstream is closed at once."""
+        if self._stop_reason is not None or self._finish_task is not None:
+            return
+        self._stop_reason = reason
+        closer = asyncio.get_running_loop().create_task(self._close_upstream())
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+
+    async def _close_upstream(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._upstream.aclose()
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        yield sse.event(
+            "meta",
+            {
+                "conversation_id": self.conversation_id,
+                "request_id": self.request_id,
+                "model": self._upstream.model,
+            },
+        )
+        watchdog = asyncio.get_running_loop().create_task(self._watch())
+        try:
+            async for text in self._upstream.deltas():
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                self._parts.append(text)
+                yield sse.delta(text)
+                if self._stop_reason is not None:
+                    break
+        except Exception as exc:  # the upstream broke or was closed under us by stop()
+            if self._stop_reason is None:
+                self._stop_reason = "upstream_error"
+                self._record.error = str(exc)[:500]
+        finally:
+            watchdog.cancel()
+        outcome = await self.finish(self._stop_reason or "completed")
+        yield sse.event(
+            "usage",
+            {
+                "input_tokens": outcome.input_tokens,
+                "cached_input_tokens": outcome.cached_input_tokens,
+                "output_tokens": outcome.output_tokens,
+                "cost_usd": micros_to_usd(outcome.cost_micros),
+                "budget": outcome.budget,
+            },
+        )
+        if self._record.outcome in ("timeout", "upstream_error"):
+            code = self._record.outcome if self._record.outcome == "timeout" else "upstream_error"
+            message = (
+                "the response took longer than the stream time limit"
+                if code == "timeout"
+                else "the upstream model stream failed"
+            )
+            yield sse.event("error", {"code": code, "message": message})
+        yield sse.DONE
+
+    async def _watch(self) -> None:
+        """Stop at the deadline, or when another instance signals a cancel through DynamoDB."""
+        poll = self._service.config.cancel_poll_s
+        while True:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop("timeout")
+                return
+            await asyncio.sleep(min(poll, remaining))
+            if time.monotonic() >= self._deadline:
+                continue
+            try:
+                cancelled = await self._service.requests.is_cancelled(self.request_id)
+            except Exception:  # a missed poll is retried at the next tick
+                continue
+            if cancelled:
+                self.stop("cancelled")
+                return
+
+    async def finish(self, outcome: str) -> Outcome:
+        """Settle, store and record exactly once, shielded from the caller's cancellation."""
+        if self._finish_task is None:
+            if self._stop_reason is None:
+                self._stop_reason = outcome
+            self._finish_task = asyncio.get_running_loop().create_task(self._settle(outcome))
+        return await asyncio.shield(self._finish_task)
+
+    async def _settle(self, outcome: str) -> Outcome:
+        service = self._service
+        record = self._record
+        record.outcome = outcome
+        try:
+            await self._upstream.aclose()
+        except Exception as exc:
+            service.recorder.warning(
+                "upstream_close_failed", request_id=self.request_id, error=repr(exc)
+            )
+        reply = "".join(self._parts)
+        model = self._upstream.model
+        record.upstream_model = self._upstream.upstream_model
+        usage = self._upstream.usage
+        if usage is not None:
+            record.usage_source = "upstream"
+            record.input_tokens = usage.input_tokens
+            record.cached_input_tokens = usage.cached_input_tokens
+            record.output_tokens = usage.output_tokens
+        else:
+            # Cut short before upstream reported usage: price what was produced.
+            record.usage_source = "estimated"
+            record.input_tokens = self._prompt_tokens
+            record.output_tokens = service.tokens.count_text(model, reply) if reply else 0
+        price = service.prices.price(record.upstream_model or model)
+        record.cost_micros = price.cost_micros(
+            record.input_tokens, record.cached_input_tokens, record.output_tokens
+        )
+        if self._first_token_at is not None:
+            record.ttft_ms = round((self._first_token_at - self._started) * 1000, 1)
+
+        keep_turn = bool(reply) and outcome in ("completed", "cancelled", "timeout")
+        turn = Turn(
+            turn=self._conversation.turn_count + 1,
+            user=self._request.message,
+            assistant=reply,
+            model=model,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cost_micros=record.cost_micros,
+            created_at=iso_z(service.clock()),
+            history_tokens=history.turn_history_tokens(
+                lambda messages: service.tokens.count_messages(model, messages),
+                self._request.message,
+                reply,
+            )
+            if keep_turn
+            else 0,
+        )
+        plan = (
+            history.plan_summary(
+                self._conversation.summary_tokens,
+                [*self._conversation.turns, turn],
+                service.config.history_token_target,
+            )
+            if keep_turn
+            else None
+        )
+        settled, stored = await asyncio.gather(
+            self._settle_budget(),
+            self._store_turn(turn, keep_turn, release_lease=plan is None),
+            return_exceptions=True,
+        )
+        if isinstance(stored, BaseException):
+            service.recorder.error(
+                "turn_store_failed", request_id=self.request_id, error=repr(stored)
+            )
+            stored = False
+        counters = settled if isinstance(settled, BudgetCounters) else None
+        service._emit(record, self._started)
+        if plan is not None and stored:
+            counters = await self._summarise(plan, turn) or counters
+        elif plan is not None:
+            await self._release_lease()
+        if counters is None:
+            with contextlib.suppress(Exception):
+                counters = await service.usage.counters(self.user_id, self._reservation.day)
+        service._forget(self.request_id)
+        now = service.clock()
+        budget = usage_view(
+            counters or BudgetCounters(day=self._reservation.day), service.config.limits, now
+        )
+        return Outcome(
+            record.input_tokens,
+            record.cached_input_tokens,
+            record.output_tokens,
+            record.cost_micros,
+            budget,
+        )
+
+    async def _settle_budget(self) -> BudgetCounters | None:
+        record = self._record
+        actual_tokens = record.input_tokens + record.output_tokens
+        return await settle_with_retries(
+            self._service,
+            self._reservation,
+            (actual_tokens, record.cost_micros),
+        )
+
+    async def _store_turn(self, turn: Turn, keep: bool, *, release_lease: bool) -> bool:
+        service = self._service
+        if not keep:
+            await service.conversations.release_turn(self._conversation, self.request_id)
+            return False
+        return await service.conversations.commit_turn(
+            self._conversation,
+            self.request_id,
+            turn,
+            now=service.clock(),
+            release_lease=release_lease,
+        )
+
+    async def _release_lease(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._service.conversations.release_turn(self._conversation, self.request_id)
+
+    async def _summarise(self, plan: history.SummaryPlan, turn: Turn) -> BudgetCounters | None:
+        """Fold aged turns into the summary; on any failure the history degrades to a window."""
+        service = self._service
+        summary = await summarise(
+            service,
+            user_id=self.user_id,
+            conversation=self._conversation,
+            plan=plan,
+            parent_request_id=self.request_id,
+            deadline=max(self._deadline, time.monotonic() + 5),
+        )
+        if summary is None:
+            await self._release_lease()
+            return None
+        text, summary_tokens, charged_tokens, counters = summary
+        try:
+            saved = await service.conversations.save_summary(
+                self._conversation,
+                self.request_id,
+                summary=text,
+                through_turn=plan.through_turn,
+                summary_tokens=summary_tokens,
+                charged_tokens=charged_tokens,
+                now=service.clock(),
+            )
+        except Exception as exc:
+            service.recorder.error(
+                "summary_store_failed", request_id=self.request_id, error=repr(exc)
+            )
+            saved = False
+        if not saved:
+            await self._release_lease()
+        return counters
+
+    async def aclose(self) -> None:
+        """For the web layer's `finally`: make sure the stream is settled however it ended."""
+        self.stop("client_disconnected")
+        await self.finish(self._stop_reason or "client_disconnected")
+
+
+async def settle_with_retries(
+    service: ChatService, reservation: _Reservation, actual: tuple[int, int]
+) -> BudgetCounters | None:
+    """Idempotent settle, retried; if it never lands the reservation stands (never under-charge)."""
+    delay = 0.1
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            counters = await service.usage.settle(
+                reservation.user_id,
+                reservation.day,
+                reservation.request_id,
+                reservation.amounts,
+                actual,
+            )
+            return counters
+        except Exception as exc:
+            if attempt == SETTLE_ATTEMPTS - 1:
+                service.recorder.error(
+                    "settlement_failed",
+                    request_id=reservation.request_id,
+                    user_id=reservation.user_id,
+                    reserved_tokens=reservation.tokens,
+                    reserved_micros=reservation.micros,
+                    actual_tokens=actual[0],
+                    actual_micros=actual[1],
+                    error=repr(exc),
+                )
+                return None
+            await asyncio.sleep(delay)
+            delay *= 2
+    return None
+
+
+async def summarise(
+    service: ChatService,
+    *,
+    user_id: str,
+    conversation: ConversationState,
+    plan: history.SummaryPlan,
+    parent_request_id: str,
+    deadline: float,
+) -> tuple[str, int, int, BudgetCounters | None] | None:
+    """One summary call, reserved and charged like a chat call, with its own cost record."""
+    config = service.config
+    model = config.summary_model
+    started_at = service.clock()
+    started = time.monotonic()
+    request_id = f"{parent_request_id}-summary"
+    messages = history.summary_request_messages(
+        service.prompts.summary, conversation.summary, plan.fold
+    )
+    prompt_tokens = service.tokens.count_messages(model, messages)
+    cap = history.summary_max_tokens(config.history_token_target)
+    price = service.prices.price(model)
+    tokens, micros = reservation_for(prompt_tokens, cap, [price])
+    reservation = _Reservation(user_id, utc_day(started_at), request_id, tokens, micros)
+    record = CostRecord(
+        request_id=request_id,
+        user_id=user_id,
+        conversation_id=conversation.conversation_id,
+        model=model,
+        kind="summary",
+        prompt=SUMMARY_PROMPT_NAME,
+        started_at=iso_z(started_at),
+    )
+    try:
+        admitted = await service.usage.reserve(
+            user_id,
+            reservation.day,
+            request_id,
+            tokens,
+            micros,
+            config.limits,
+            budget_expires_at(reservation.day),
+        )
+    except Exception as exc:
+        service.recorder.warning("summary_skipped", request_id=request_id, error=repr(exc))
+        return None
+    if admitted is None:
+        record.outcome = "budget_refused"
+        service._emit(record, started)
+        return None
+    parts: list[str] = []
+    stream: UpstreamStream | None = None
+    try:
+        stream, tried = await service.upstream.open_stream(
+            [model], messages, max_tokens=cap, deadline=deadline
+        )
+        record.models_tried = tried
+        async for text in stream.deltas():
+            if record.ttft_ms is None:
+                record.ttft_ms = round((time.monotonic() - started) * 1000, 1)
+            parts.append(text)
+    except Exception as exc:
+        record.outcome = "upstream_error"
+        record.error = str(exc)[:500]
+    finally:
+        if stream is not None:
+            await asyncio.shield(stream.aclose())
+    if stream is None:
+        await service._undo(reservation, None, request_id)
+        record.models_tried = record.models_tried or [model]
+        service._emit(record, started)
+        return None
+    record.upstream_model = stream.upstream_model
+    text = "".join(parts)
+    if stream.usage is not None:
+        record.input_tokens = stream.usage.input_tokens
+        record.cached_input_tokens = stream.usage.cached_input_tokens
+        record.output_tokens = stream.usage.output_tokens
+    else:
+        record.usage_source = "estimated"
+        record.input_tokens = prompt_tokens
+        record.output_tokens = service.tokens.count_text(model, text) if text else 0
+    record.cost_micros = service.prices.price(record.upstream_model or model).cost_micros(
+        record.input_tokens, record.cached_input_tokens, record.output_tokens
+    )
+    charged_tokens = record.input_tokens + record.output_tokens
+    counters = await settle_with_retries(service, reservation, (charged_tokens, record.cost_micros))
+    service._emit(record, started)
+    if record.outcome != "completed" or not text.strip():
+        return None
+    text = text.strip()
+    summary_tokens = history.summary_history_tokens(
+        lambda summary_messages: service.tokens.count_messages(model, summary_messages), text
+    )
+    return text, summary_tokens, charged_tokens, counters
+
+
+def conversation_json(view: ConversationView) -> dict[str, Any]:
+    return {
+        "conversation_id": view.conversation_id,
+        "created_at": view.created_at,
+        "total_tokens": view.total_tokens,
+        "summary": view.summary,
+        "summary_through_turn": view.summary_through_turn,
+        "turns": [
+            {
+                "turn": turn.turn,
+                "user": turn.user,
+                "assistant": turn.assistant,
+                "model": turn.model,
+                "input_tokens": turn.input_tokens,
+                "output_tokens": turn.output_tokens,
+                "cost_usd": micros_to_usd(turn.cost_micros),
+                "created_at": turn.created_at,
+            }
+            for turn in view.turns
+        ],
+    }
+
+
+def config_from_settings(settings: Any) -> ChatConfig:
+    return ChatConfig(
+        model_chain=tuple(settings.model_chain),
+        summary_model=settings.summary_model,
+        max_output_tokens=settings.max_output_tokens,
+        max_input_tokens=settings.max_input_tokens,
+        limits=Limits(settings.daily_token_limit, settings.daily_cost_limit_micros),
+        conversation_token_limit=settings.conversation_token_limit,
+        history_token_target=settings.history_token_target,
+        stream_timeout_s=settings.stream_timeout_s,
+        openai_timeout_s=settings.openai_timeout_s,
+        cancel_poll_s=settings.cancel_poll_s,
+    )

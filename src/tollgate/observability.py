@@ -1,0 +1,138 @@
+"""The process's one Logger, and cost records with their EMF metrics.
+
+Under the Lambda Web Adapter there is no handler per request, so nothing is flushed
+per invocation: each cost record prints its own EMF blobs from a fresh EphemeralMetrics
+(no class-level state shared between concurrent requests).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from tollgate.pricing import micros_to_usd
+
+SERVICE = "tollgate"
+METRICS_NAMESPACE = "Tollgate"
+
+# Every (metric, dimensions) pair the chat function emits; the dashboard test checks against it.
+EMITTED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
+    {
+        ("CostUSD", ("Model",)),
+        ("InputTokens", ("Model",)),
+        ("OutputTokens", ("Model",)),
+        ("Requests", ("Model",)),
+        ("TimeToFirstTokenMs", ("Model",)),
+        ("Fallbacks", ("Model",)),
+        ("Requests", ("Outcome",)),
+    }
+)
+
+OUTCOMES = (
+    "completed",
+    "cancelled",
+    "client_disconnected",
+    "upstream_error",
+    "upstream_rejected",
+    "budget_refused",
+    "conversation_cap",
+    "turn_conflict",
+    "timeout",
+)
+
+
+@dataclass(slots=True)
+class CostRecord:
+    """One per chat call that reached the budget check (covering its fallbacks), one per summary."""
+
+    request_id: str
+    user_id: str
+    conversation_id: str | None
+    model: str
+    kind: str
+    prompt: str | None
+    started_at: str
+    outcome: str = "completed"
+    models_tried: list[str] = field(default_factory=list)
+    upstream_model: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = 0
+    usage_source: str = "upstream"
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["cost_usd"] = micros_to_usd(values.pop("cost_micros"))
+        if values["error"] is None:
+            del values["error"]
+        return values
+
+
+COST_RECORD_FIELDS = frozenset(CostRecord.__slots__) | {"cost_usd"}
+
+
+class _KeepCostFieldNulls(LambdaPowertoolsFormatter):
+    """Powertools drops every None; a cost record's nulls (ttft_ms, conversation_id) are data."""
+
+    @staticmethod
+    def _strip_none_records(records: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in records.items() if v is not None or k in COST_RECORD_FIELDS}
+
+
+def build_logger(stream: IO[str] | None = None) -> Logger:
+    """The process's Logger. Powertools keys loggers by service name: the first stream wins."""
+    return Logger(
+        service=SERVICE,
+        stream=stream,
+        logger_formatter=_KeepCostFieldNulls(utc=True),
+        utc=True,
+    )
+
+
+class CostRecorder:
+    """Writes cost records (Powertools Logger) and their EMF metrics to one stream."""
+
+    def __init__(self, logger: Logger | None = None, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+        self.logger = logger or build_logger(stream)
+
+    def emit(self, record: CostRecord) -> None:
+        self.logger.info("cost_record", extra=record.fields())
+        for blob in metric_blobs(record):
+            print(json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.logger.error(message, extra=fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self.logger.warning(message, extra=fields)
+
+
+def metric_blobs(record: CostRecord) -> list[dict[str, Any]]:
+    by_model = EphemeralMetrics(namespace=METRICS_NAMESPACE, service="")
+    by_model.add_dimension(name="Model", value=record.model)
+    by_model.add_metric(name="CostUSD", unit=MetricUnit.NoUnit, value=record.cost_micros / 1e6)
+    by_model.add_metric(name="InputTokens", unit=MetricUnit.Count, value=record.input_tokens)
+    by_model.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=record.output_tokens)
+    by_model.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+    by_model.add_metric(
+        name="Fallbacks", unit=MetricUnit.Count, value=max(0, len(record.models_tried) - 1)
+    )
+    if record.ttft_ms is not None:
+        by_model.add_metric(
+            name="TimeToFirstTokenMs", unit=MetricUnit.Milliseconds, value=record.ttft_ms
+        )
+    by_outcome = EphemeralMetrics(namespace=METRICS_NAMESPACE, service="")
+    by_outcome.add_dimension(name="Outcome", value=record.outcome)
+    by_outcome.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+    return [dict(by_model.serialize_metric_set()), dict(by_outcome.serialize_metric_set())]

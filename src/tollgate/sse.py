@@ -1,0 +1,25 @@
+"""Server-Sent Events framing: LF only, `data: ` with one space, a blank line after each event."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _dumps(data: Any) -> str:
+    # ensure_ascii keeps every frame one line whatever the text holds (U+2028 included)
+    return json.dumps(data, separators=(", ", ": "))
+
+
+def event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
+
+
+def delta(text: str) -> bytes:
+    return f'data: {{"delta": {json.dumps(text)}}}\n\n'.encode()
+
+
+def data(payload: Any) -> bytes:
+    return f"data: {_dumps(payload)}\n\n".encode()

@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+from functools import partial
+from itertools import pairwise
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tollgate.adapters.tokenizer import token_counter
+from tollgate.history import (
+    SUMMARY_FRAMING,
+    build_messages,
+    history_window,
+    plan_summary,
+    summary_history_tokens,
+    summary_max_tokens,
+    summary_request_messages,
+    turn_history_tokens,
+)
+from tollgate.ports import Message, Turn
+
+
+def make_turn(number: int, history_tokens: int, user: str = "", assistant: str = "") -> Turn:
+    return Turn(
+        turn=number,
+        user=user or f"question {number}",
+        assistant=assistant or f"answer {number}",
+        model="gpt-4o-mini",
+        input_tokens=0,
+        output_tokens=0,
+        cost_micros=0,
+        created_at="2026-03-01T00:00:00.000Z",
+        history_tokens=history_tokens,
+    )
+
+
+def make_turns(sizes: list[int], first: int = 1) -> list[Turn]:
+    return [make_turn(first + index, size) for index, size in enumerate(sizes)]
+
+
+def count_words(messages: list[Message]) -> int:
+    """A stand-in tokenizer: one token per word, 3 per message, 3 to prime the reply."""
+    return 3 + sum(3 + len(str(message["content"]).split()) for message in messages)
+
+
+def tokens(turns: list[Turn]) -> int:
+    return sum(turn.history_tokens for turn in turns)
+
+
+turn_sizes = st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=40)
+targets = st.integers(min_value=100, max_value=10_000)
+
+
+# ---------------------------------------------------------------- token helpers
+
+
+def test_turn_history_tokens_counts_both_messages_without_reply_priming() -> None:
+    # Given a user message of 3 words and a reply of 2
+    # When its history tokens are counted
+    counted = turn_history_tokens(count_words, "one two three", "four five")
+
+    # Then each message carries its 3-token wrapper and no priming is included
+    assert counted == (3 + 3) + (3 + 2)
+
+
+def test_prompt_tokens_are_the_sum_of_their_parts_with_the_real_tokenizer() -> None:
+    # Given turns and a summary measured with the real o200k tokenizer
+    count = partial(token_counter().count_messages, "gpt-4o-mini")
+    pairs = [("What is DynamoDB?", "A key-value store."), ("And TTL?", "Lazy expiry, é ✓.")]
+    turns = [
+        make_turn(n, turn_history_tokens(count, user, reply), user, reply)
+        for n, (user, reply) in enumerate(pairs, start=1)
+    ]
+    summary = "The user is learning AWS."
+
+    # When the whole prompt is counted
+    prompt = build_messages("Be brief.", summary, turns, "Thanks!")
+
+    # Then it equals system + summary + turns + message, as history budgeting assumes
+    parts = (
+        count([prompt[0]])
+        + summary_history_tokens(count, summary)
+        + tokens(turns)
+        + count([prompt[-1]])
+        - count([])
+    )
+    assert count(prompt) == parts
+
+
+# ---------------------------------------------------------------- window
+
+
+def test_window_keeps_the_newest_turns_that_fit_beside_the_summary() -> None:
+    # Given turns of 100, 200, 300 and 400 tokens and a 250-token summary
+    turns = make_turns([100, 200, 300, 400])
+
+    # When the window for a target of 1000 is taken
+    window = history_window(250, turns, 1000)
+
+    # Then the two newest fit (700 + 250 ≤ 1000) and the third would not
+    assert [turn.turn for turn in window] == [3, 4]
+
+
+def test_window_keeps_the_latest_turn_even_when_it_alone_is_too_big() -> None:
+    window = history_window(0, make_turns([10, 5000]), 1000)
+
+    assert [turn.turn for turn in window] == [2]
+
+
+def test_window_of_no_turns_is_empty() -> None:
+    assert history_window(0, [], 1000) == []
+
+
+@given(turn_sizes, targets, st.integers(min_value=0, max_value=5000))
+def test_window_never_exceeds_the_target_unless_only_the_latest_turn_is_kept(
+    sizes: list[int], target: int, summary_tokens: int
+) -> None:
+    turns = make_turns(sizes)
+
+    window = history_window(summary_tokens, turns, target)
+
+    assert window == turns[len(turns) - len(window) :]  # the newest, contiguous
+    assert window[-1] == turns[-1]
+    assert summary_tokens + tokens(window) <= target or len(window) == 1
+    if len(window) < len(turns):  # and as many as fit
+        older = turns[len(turns) - len(window) - 1]
+        assert summary_tokens + tokens(window) + older.history_tokens > target
+
+
+# ---------------------------------------------------------------- summary planning
+
+
+def test_nothing_is_folded_while_summary_and_turns_fit_the_target() -> None:
+    assert plan_summary(1000, make_turns([1000, 1000, 1000]), 4000) is None
+
+
+def test_past_the_target_the_oldest_turns_fold_down_to_half_the_target() -> None:
+    # Given a 500-token summary and five 800-token turns (4500 > 4000)
+    turns = make_turns([800] * 5, first=11)
+
+    # When planning
+    plan = plan_summary(500, turns, 4000)
+
+    # Then the three oldest fold and two (1600 ≤ 2000) stay verbatim
+    assert plan is not None
+    assert [turn.turn for turn in plan.fold] == [11, 12, 13]
+    assert [turn.turn for turn in plan.keep] == [14, 15]
+    assert plan.through_turn == 13
+
+
+def test_a_single_oversized_turn_is_never_folded() -> None:
+    assert plan_summary(0, make_turns([9000]), 4000) is None
+
+
+def test_an_oversized_summary_is_refolded_with_all_but_the_latest_turn() -> None:
+    # Given a summary that alone takes most of the target
+    turns = make_turns([300, 300, 300])
+
+    # When planning, Then everything but the latest turn goes into a fresh, shorter summary
+    plan = plan_summary(3500, turns, 4000)
+
+    assert plan is not None
+    assert ([t.turn for t in plan.fold], [t.turn for t in plan.keep]) == ([1, 2], [3])
+
+
+@given(turn_sizes, targets, st.integers(min_value=0, max_value=5000))
+def test_a_plan_always_keeps_the_latest_turn_and_at_most_half_the_target_verbatim(
+    sizes: list[int], target: int, summary_tokens: int
+) -> None:
+    turns = make_turns(sizes)
+
+    plan = plan_summary(summary_tokens, turns, target)
+
+    if plan is None:
+        assert summary_tokens + tokens(turns) <= target or len(turns) == 1
+        return
+    assert plan.fold + plan.keep == turns
+    assert plan.fold
+    assert plan.keep[-1] == turns[-1]
+    assert plan.through_turn == plan.fold[-1].turn
+    assert tokens(plan.keep) <= target // 2 or len(plan.keep) == 1
+    assert tokens(plan.keep) <= target or plan.keep == [turns[-1]]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(min_value=1, max_value=10_000), min_size=10, max_size=60),
+    st.integers(min_value=800, max_value=10_000),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_the_summary_stays_unchanged_for_at_least_three_turns_after_each_fold(
+    raw_sizes: list[int], target: int, summary_fill: float
+) -> None:
+    # Given a growing conversation whose turns are each at most an eighth of the target
+    # and whose summaries respect summary_max_tokens
+    sizes = [1 + size % (target // 8) for size in raw_sizes]
+    summary_tokens = 0
+    pending: list[Turn] = []
+    folds_at: list[int] = []
+
+    # When the planner runs after every turn and each plan is applied
+    for number, size in enumerate(sizes, start=1):
+        pending.append(make_turn(number, size))
+        plan = plan_summary(summary_tokens, pending, target)
+        if plan is not None:
+            folds_at.append(number)
+            summary_tokens = int(summary_max_tokens(target) * summary_fill)
+            pending = plan.keep
+        # Then the prompt's history always fits the target
+        assert summary_tokens + tokens(pending) <= target
+
+    # And between two folds at least three turns reuse the same summary (prompt cache hits)
+    assert all(later - earlier >= 3 for earlier, later in pairwise(folds_at))
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_prompt_is_system_summary_turns_then_the_new_message() -> None:
+    turns = [make_turn(1, 0, "Hi, I'm Ada.", "Hello Ada!")]
+
+    messages = build_messages("You help.", "Ada likes tea.", turns, "What do I like?")
+
+    assert messages == [
+        {"role": "system", "content": "You help."},
+        {"role": "system", "content": f"{SUMMARY_FRAMING}\n\nAda likes tea."},
+        {"role": "user", "content": "Hi, I'm Ada."},
+        {"role": "assistant", "content": "Hello Ada!"},
+        {"role": "user", "content": "What do I like?"},
+    ]
+
+
+def test_prompt_without_a_summary_has_no_summary_message() -> None:
+    messages = build_messages("You help.", None, [], "Hello")
+
+    assert [message["role"] for message in messages] == ["system", "user"]
+
+
+def test_the_next_prompt_extends_the_previous_one_until_the_summary_changes() -> None:
+    # Given two consecutive turns under the same summary
+    turns = make_turns([10, 10])
+    first = build_messages("S", "sum", turns[:1], turns[1].user)
+
+    # When the next prompt is built
+    second = build_messages("S", "sum", turns, "next")
+
+    # Then the earlier prompt is its exact prefix (what OpenAI's prompt cache matches)
+    assert second[: len(first)] == first
+
+
+def test_summary_request_carries_the_old_summary_and_the_aged_turns() -> None:
+    turns = [make_turn(3, 0, "I moved to Lyon.", "Noted: Lyon.")]
+
+    messages = summary_request_messages("Summarise.", "Ada likes tea.", turns)
+
+    assert messages[0] == {"role": "system", "content": "Summarise."}
+    request = messages[1]["content"]
+    assert messages[1]["role"] == "user"
+    assert "<previous_summary>\nAda likes tea.\n</previous_summary>" in request
+    assert "User: I moved to Lyon.\n\nAssistant: Noted: Lyon." in request
+
+
+def test_first_summary_request_says_there_is_no_previous_summary() -> None:
+    messages = summary_request_messages("Summarise.", None, make_turns([1]))
+
+    assert "(none" in messages[1]["content"]
