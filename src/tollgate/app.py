@@ -31,6 +31,7 @@ from tollgate.chat import (
 )
 from tollgate.errors import GatewayError, TooLarge
 from tollgate.observability import CostRecorder
+from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
 from tollgate.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -179,6 +180,38 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
+@dataclass(slots=True)
+class Stores:
+    usage: UsageStore
+    requests: RequestRegistry
+    conversations: ConversationStore
+
+
+def dynamodb_stores(settings: Settings) -> Stores:
+    from tollgate.adapters.aws import dynamodb_client
+    from tollgate.adapters.conversation_store import DynamoConversationStore
+    from tollgate.adapters.usage_store import DynamoRequestRegistry, DynamoUsageStore
+
+    client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    return Stores(
+        usage=DynamoUsageStore(settings.usage_table, client),
+        requests=DynamoRequestRegistry(settings.usage_table, client),
+        conversations=DynamoConversationStore(
+            settings.conversations_table, client, ttl_days=settings.conversation_ttl_days
+        ),
+    )
+
+
+def memory_stores() -> Stores:
+    from tollgate.adapters.memory_store import (
+        MemoryConversationStore,
+        MemoryRequestRegistry,
+        MemoryUsageStore,
+    )
+
+    return Stores(MemoryUsageStore(), MemoryRequestRegistry(), MemoryConversationStore())
+
+
 def build_dependencies(
     settings: Settings,
     *,
@@ -188,12 +221,9 @@ def build_dependencies(
     """The real adapters: DynamoDB, OpenAI, tiktoken, the price table, prompts/."""
     from openai import AsyncOpenAI
 
-    from tollgate.adapters.aws import dynamodb_client
-    from tollgate.adapters.conversation_store import DynamoConversationStore
     from tollgate.adapters.secrets import resolve_secret
     from tollgate.adapters.tokenizer import token_counter
     from tollgate.adapters.upstream import OpenAIUpstream
-    from tollgate.adapters.usage_store import DynamoRequestRegistry, DynamoUsageStore
     from tollgate.pricing import price_table
     from tollgate.prompts import PromptLibrary
 
@@ -205,14 +235,12 @@ def build_dependencies(
         max_retries=0,
     )
     jwt_secret = settings.jwt_secret or resolve_secret(settings.jwt_secret_arn)
-    dynamodb = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    stores = memory_stores() if settings.store_backend == "memory" else dynamodb_stores(settings)
     service = ChatService(
         config_from_settings(settings),
-        usage=DynamoUsageStore(settings.usage_table, dynamodb),
-        requests=DynamoRequestRegistry(settings.usage_table, dynamodb),
-        conversations=DynamoConversationStore(
-            settings.conversations_table, dynamodb, ttl_days=settings.conversation_ttl_days
-        ),
+        usage=stores.usage,
+        requests=stores.requests,
+        conversations=stores.conversations,
         upstream=OpenAIUpstream(client, attempt_timeout_s=settings.openai_timeout_s),
         tokens=token_counter(),
         prices=price_table(settings.price_table_path),

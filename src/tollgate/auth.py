@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -82,7 +83,8 @@ class Authenticator:
             context = json.loads(headers.get(REQUEST_CONTEXT_HEADER, ""))
         except ValueError as exc:
             raise Unauthenticated("no IAM-authorised request context") from exc
-        iam = (context.get("authorizer") or {}).get("iam") if isinstance(context, dict) else None
+        authorizer = context.get("authorizer") if isinstance(context, dict) else None
+        iam = authorizer.get("iam") if isinstance(authorizer, dict) else None
         if not isinstance(iam, dict) or not (iam.get("userArn") or iam.get("callerId")):
             raise Unauthenticated("no IAM-authorised request context")
         return _valid_user_id(headers.get(END_USER_HEADER))
@@ -91,6 +93,6 @@ class Authenticator:
 def _valid_user_id(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
         raise Unauthenticated("no valid user id")
-    if any(ord(char) < 32 for char in value):
+    if any(unicodedata.category(char) == "Cc" for char in value):
         raise Unauthenticated("no valid user id")
     return value

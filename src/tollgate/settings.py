@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     dynamodb_timeout_s: float = Field(default=2.0, gt=0)
     dynamodb_max_attempts: int = Field(default=3, ge=1)
     price_table_path: str | None = None
+    # "memory" keeps budgets and conversations in this process only: benchmarks, never deploys.
+    store_backend: Literal["dynamodb", "memory"] = "dynamodb"
     prompts_dir: str | None = None
 
     @field_validator("model_chain", "cors_allow_origins", mode="before")

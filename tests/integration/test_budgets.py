@@ -216,3 +216,26 @@ def test_dynamodb_outage_fails_closed_within_seconds(gateway_factory, offline_mo
     assert int(response.headers["retry-after"]) >= 1
     assert elapsed < 5
     assert offline_model.requests() == []
+
+
+def test_a_settlement_that_cannot_be_written_leaves_the_reservation_standing(
+    gateway, offline_model
+) -> None:
+    from tollgate.errors import DependencyUnavailable
+
+    async def unavailable(*args, **kwargs):
+        raise DependencyUnavailable("the database is unavailable", retry_after=2)
+
+    gateway.service.usage.settle = unavailable
+
+    response = gateway.chat("Hello")
+
+    used = usage_event(response)
+    charged = used["input_tokens"] + used["output_tokens"]
+    errors = [line for line in gateway.log_lines() if line.get("message") == "settlement_failed"]
+    assert len(errors) == 1
+    assert errors[0]["level"] == "ERROR"
+    assert errors[0]["actual_tokens"] == charged
+    # never under-charged: the larger reservation stays on the books
+    assert gateway.usage()["tokens_used"] == errors[0]["reserved_tokens"] > charged
+    assert gateway.wait_for_records(1)[0]["outcome"] == "completed"

@@ -67,8 +67,9 @@ def _cache_dir() -> Path:
 def _unpack_vendored(name: str) -> None:
     url, expected_sha256 = ENCODING_SOURCES[name]
     target = _cache_dir() / hashlib.sha1(url.encode()).hexdigest()
-    if target.is_file():
-        return  # tiktoken checks the hash of what it reads
+    # A bad cached copy would make tiktoken try to download the file: replace it instead.
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == expected_sha256:
+        return
     packed = ENCODINGS_DIR / f"{name}.tiktoken.gz"
     try:
         data = gzip.decompress(packed.read_bytes())

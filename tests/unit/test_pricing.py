@@ -1,0 +1,225 @@
+"""The price table (DESIGN.md "Configuration": starting prices, data with an as-of date)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tollgate.pricing import (
+    DEFAULT_PRICE_TABLE,
+    ModelPrice,
+    PriceTable,
+    UnknownModelPrice,
+    micros_to_usd,
+    price_table,
+)
+
+# USD per 1M tokens, DESIGN.md: input / cached input / output
+STARTING_PRICES = {
+    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.075"), Decimal("0.60")),
+    "gpt-4o": (Decimal("2.50"), Decimal("1.25"), Decimal("10.00")),
+    "gpt-3.5-turbo": (Decimal("0.50"), Decimal("0.50"), Decimal("1.50")),
+}
+
+
+@pytest.fixture(scope="module")
+def table() -> PriceTable:
+    return PriceTable.load()
+
+
+@pytest.mark.parametrize("model", sorted(STARTING_PRICES))
+def test_starting_prices_match_design(table: PriceTable, model: str) -> None:
+    # Given the shipped price table
+    price = table.price(model)
+    # Then it holds DESIGN.md's starting prices
+    assert (price.input, price.cached_input, price.output) == STARTING_PRICES[model]
+
+
+def test_price_table_is_data_with_an_as_of_date(table: PriceTable) -> None:
+    # Given the data file
+    raw = json.loads(Path(DEFAULT_PRICE_TABLE).read_text(encoding="utf-8"))
+    # Then it carries an as-of date, and the loaded table exposes it
+    assert raw["as_of"]
+    assert table.as_of == str(raw["as_of"])
+    assert len(table.as_of) == len("2026-03-01")
+    assert set(raw["models"]) >= set(STARTING_PRICES)
+
+
+def test_cached_price_is_half_of_input_where_discounted(table: PriceTable) -> None:
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        price = table.price(model)
+        assert price.cached_input * 2 == price.input
+
+
+@pytest.mark.parametrize(
+    ("reported", "base"),
+    [
+        ("gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-2024-11-20", "gpt-4o"),
+        ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+        ("gpt-3.5-turbo-1106", "gpt-3.5-turbo"),
+    ],
+)
+def test_snapshot_names_map_to_their_base_entry(
+    table: PriceTable, reported: str, base: str
+) -> None:
+    # Given the dated snapshot name upstream reports
+    # Then it is priced as its base model
+    assert table.base_model(reported) == base
+    assert table.price(reported) == table.price(base)
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [
+        "gpt-4o-mini-2024-07-18",
+        "gpt-4o-mini-tts",
+        "gpt-4o-mini-search-preview",
+        "gpt-4o-mini-search-preview-2025-03-11",
+        "gpt-4o-mini-realtime-preview-2024-12-17",
+    ],
+)
+def test_gpt_4o_mini_variants_never_price_as_gpt_4o(table: PriceTable, reported: str) -> None:
+    # Given any gpt-4o-mini-… name
+    # Then it is never mistaken for the 16x pricier gpt-4o
+    assert table.base_model(reported) != "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-5", "gpt-4o-audio-preview", "claude-3", "", "gpt-4o-mini-x", "gpt-4", "4o"],
+)
+def test_unknown_model_raises_rather_than_billing_zero(table: PriceTable, model: str) -> None:
+    # Given a model with no price entry
+    # Then pricing it is an error, never $0
+    assert table.base_model(model) is None
+    with pytest.raises(UnknownModelPrice):
+        table.price(model)
+
+
+def test_unknown_model_price_is_a_lookup_error() -> None:
+    assert issubclass(UnknownModelPrice, LookupError)
+
+
+def test_require_passes_for_known_models_and_snapshots(table: PriceTable) -> None:
+    table.require(["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo", "gpt-4o-mini-2024-07-18"])
+    table.require(())
+
+
+def test_require_lists_every_missing_model(table: PriceTable) -> None:
+    # Given a chain with two unpriced models among priced ones
+    # When required at start-up
+    with pytest.raises(UnknownModelPrice) as excinfo:
+        table.require(["gpt-4o-mini", "gpt-5", "o9-preview", "gpt-4o"])
+    # Then the error names each missing one and none of the priced ones
+    message = str(excinfo.value)
+    assert "gpt-5" in message
+    assert "o9-preview" in message
+    assert "gpt-4o-mini" not in message
+
+
+def test_cost_in_integer_micro_usd(table: PriceTable) -> None:
+    # Given 1M input and 1M output tokens on gpt-4o
+    cost = table.price("gpt-4o").cost_micros(1_000_000, 0, 1_000_000)
+    # Then the cost is $12.50 as integer micro-USD
+    assert cost == 12_500_000
+    assert isinstance(cost, int)
+
+
+def test_cached_input_uses_the_cached_price(table: PriceTable) -> None:
+    # Given 1000 input tokens of which 400 cached, 100 output on gpt-4o-mini
+    cost = table.price("gpt-4o-mini").cost_micros(1000, 400, 100)
+    # Then 600 * 0.15 + 400 * 0.075 + 100 * 0.60 = 90 + 30 + 60 = 180 micro-USD
+    assert cost == 180
+
+
+def test_gpt_35_turbo_has_no_cached_discount(table: PriceTable) -> None:
+    # Given gpt-3.5-turbo, which has no prompt caching discount
+    price = table.price("gpt-3.5-turbo")
+    # Then cached tokens bill at the full input price
+    assert price.cost_micros(1000, 1000, 0) == price.cost_micros(1000, 0, 0) == 500
+
+
+def test_cached_tokens_never_exceed_input(table: PriceTable) -> None:
+    # Given a (bogus) report of more cached tokens than input tokens
+    price = table.price("gpt-4o")
+    # Then it is never cheaper than all input being cached
+    assert price.cost_micros(100, 500, 0) == price.cost_micros(100, 100, 0) == 125
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens", "expected"),
+    [
+        ("gpt-4o-mini", (1, 0, 0), 1),  # 0.15 -> 1
+        ("gpt-4o-mini", (0, 0, 1), 1),  # 0.60 -> 1
+        ("gpt-4o-mini", (1, 1, 0), 1),  # 0.075 -> 1
+        ("gpt-4o-mini", (7, 0, 0), 2),  # 1.05 -> 2
+        ("gpt-4o-mini", (20, 0, 0), 3),  # 3.00 exactly -> 3
+        ("gpt-4o", (1, 0, 1), 13),  # 12.5 -> 13
+        ("gpt-3.5-turbo", (1, 0, 1), 2),  # 2.0 exactly -> 2
+        ("gpt-4o-mini", (0, 0, 0), 0),
+    ],
+)
+def test_cost_rounds_up_never_under_charges(
+    table: PriceTable, model: str, tokens: tuple[int, int, int], expected: int
+) -> None:
+    assert table.price(model).cost_micros(*tokens) == expected
+
+
+@given(
+    st.integers(0, 2_000_000),
+    st.integers(0, 2_000_000),
+    st.integers(0, 2_000_000),
+    st.sampled_from(sorted(STARTING_PRICES)),
+)
+def test_cost_is_the_exact_charge_rounded_up(
+    input_tokens: int, cached: int, output_tokens: int, model: str
+) -> None:
+    # Given any token counts
+    price = price_table().price(model)
+    in_price, cached_price, out_price = STARTING_PRICES[model]
+    used_cached = min(cached, input_tokens)
+    exact = (
+        (input_tokens - used_cached) * in_price
+        + used_cached * cached_price
+        + output_tokens * out_price
+    )
+    # When priced
+    cost = price.cost_micros(input_tokens, cached, output_tokens)
+    # Then it is the smallest integer micro-USD not below the exact charge
+    assert cost >= exact
+    assert cost - 1 < exact
+
+
+def test_custom_table_without_cached_price_bills_cached_at_input(tmp_path: Path) -> None:
+    # Given a user-edited table (no code change) with a new model and a null cached price
+    path = tmp_path / "prices.json"
+    path.write_text(
+        json.dumps(
+            {
+                "as_of": "2027-01-01",
+                "models": {"m": {"input": 1, "cached_input": None, "output": 2}},
+            }
+        )
+    )
+    # When loaded
+    table = PriceTable.load(path)
+    # Then it is used as data
+    assert table.as_of == "2027-01-01"
+    assert table.price("m") == ModelPrice(Decimal(1), Decimal(1), Decimal(2))
+    assert table.price("m-2027-01-01").cost_micros(10, 10, 10) == 30
+
+
+@pytest.mark.parametrize(
+    ("micros", "usd"),
+    [(0, 0.0), (1, 0.000001), (1_234_567, 1.234567), (12_500_000, 12.5), (999_999, 0.999999)],
+)
+def test_micros_to_usd_rounds_to_six_decimals(micros: int, usd: float) -> None:
+    assert micros_to_usd(micros) == usd
