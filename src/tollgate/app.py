@@ -29,6 +29,13 @@ from tollgate.chat import (
     config_from_settings,
     parse_chat_request,
 )
+from tollgate.completions import (
+    CompletionEncoder,
+    collect,
+    completion_body,
+    openai_error_body,
+    parse_completion_request,
+)
 from tollgate.errors import GatewayError, TooLarge
 from tollgate.observability import CostRecorder
 from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
@@ -55,8 +62,11 @@ def error_response(error: GatewayError) -> JSONResponse:
 class SSEResponse:
     """Streams a ChatStream; a client that goes away stops it, and it is always settled."""
 
-    def __init__(self, stream: ChatStream) -> None:
+    def __init__(
+        self, stream: ChatStream, frames: AsyncGenerator[bytes, None] | None = None
+    ) -> None:
         self._stream = stream
+        self._frames = frames if frames is not None else stream.frames()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream
@@ -73,7 +83,7 @@ class SSEResponse:
             }
         )
         watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
-        frames: AsyncGenerator[bytes, None] = stream.frames()
+        frames = self._frames
         try:
             async for frame in frames:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
@@ -148,6 +158,58 @@ async def get_conversation(request: Request, user_id: str) -> Response:
 async def delete_conversation(request: Request, user_id: str) -> Response:
     await deps(request).service.delete_conversation(user_id, request.path_params["conversation_id"])
     return Response(status_code=204)
+
+
+def openai_error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(openai_error_body(error), status_code=error.status, headers=error.headers())
+
+
+async def post_completions(request: Request) -> Response | SSEResponse:
+    """OpenAI-compatible: any OpenAI SDK can point its base_url here; errors in its shape."""
+    try:
+        dependencies = deps(request)
+        user_id = dependencies.authenticator.user_id(request.headers)
+        completion = parse_completion_request(await read_body(request))
+        stream = await dependencies.service.start_completion(
+            user_id,
+            completion.messages,
+            model=completion.model,
+            max_tokens=completion.max_tokens,
+            extra=completion.extra,
+        )
+    except GatewayError as error:
+        return openai_error_response(error)
+    if completion.stream:
+        return SSEResponse(stream, CompletionEncoder(stream, completion.include_usage).frames())
+    try:
+        outcome = await collect(stream)
+    finally:
+        await asyncio.shield(stream.aclose())
+    failure = outcome.failure()
+    headers = {"x-request-id": stream.request_id}
+    if failure is not None:
+        code, message = failure
+        status = 504 if code == "timeout" else 502
+        body = {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(completion_body(stream, outcome), headers=headers)
+
+
+async def list_models(request: Request) -> Response:
+    try:
+        deps(request).authenticator.user_id(request.headers)
+    except GatewayError as error:
+        return openai_error_response(error)
+    models = deps(request).service.config.model_chain
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": 0, "owned_by": "tollgate"}
+                for model in models
+            ],
+        }
+    )
 
 
 async def health(request: Request) -> Response:
@@ -299,6 +361,8 @@ def create_app(
         Route("/usage", get_usage, methods=["GET"]),
         Route("/conversations/{conversation_id}", get_conversation, methods=["GET"]),
         Route("/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+        Route("/v1/chat/completions", post_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

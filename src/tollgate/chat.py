@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from tollgate.errors import (
     NotFound,
     TooLarge,
     TurnConflict,
+    UnknownModel,
     UpstreamRejected,
 )
 from tollgate.observability import CostRecord, CostRecorder
@@ -54,7 +55,7 @@ from tollgate.ports import (
     UpstreamStream,
     UsageStore,
 )
-from tollgate.pricing import PriceTable, micros_to_usd
+from tollgate.pricing import ModelPrice, PriceTable, micros_to_usd
 from tollgate.prompts import PromptLibrary
 
 MAX_BODY_BYTES = 64 * 1024
@@ -136,13 +137,30 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return ChatRequest(message, conversation_id, prompt, max_tokens)
 
 
+# A turn is stored when its reply is complete or deliberately cut, never half.
+STORED_OUTCOMES = frozenset({"completed", "cancelled", "timeout"})
+FAILURE_MESSAGES = {
+    "timeout": "the response took longer than the stream time limit",
+    "upstream_error": "the upstream model stream failed",
+}
+
+
 @dataclass(slots=True)
 class Outcome:
+    outcome: str
+    text: str
+    finish_reason: str | None
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
     cost_micros: int
     budget: dict[str, Any]
+
+    def failure(self) -> tuple[str, str] | None:
+        """(code, message) when the stream ended in failure after it started."""
+        if self.outcome not in FAILURE_MESSAGES:
+            return None
+        return self.outcome, FAILURE_MESSAGES[self.outcome]
 
 
 @dataclass(slots=True)
@@ -156,6 +174,23 @@ class _Reservation:
     @property
     def amounts(self) -> tuple[int, int]:
         return self.tokens, self.micros
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A request between its checks and its first byte."""
+
+    user_id: str
+    request_id: str
+    models: tuple[str, ...]
+    prices: list[ModelPrice]
+    cap: int
+    started_at: datetime
+    started: float
+    deadline: float
+    record: CostRecord
+    reservation: _Reservation | None = None
+    conversation: ConversationState | None = None
 
 
 class ChatService:
@@ -186,7 +221,6 @@ class ChatService:
         self.clock = clock
         self._active: dict[str, ChatStream] = {}
         self._system_tokens: dict[tuple[str, str], int] = {}
-        self._chain_prices = [prices.price(model) for model in config.model_chain]
 
     # ------------------------------------------------------------ queries
 
@@ -218,10 +252,8 @@ class ChatService:
         return self._system_tokens[key]
 
     async def start(self, user_id: str, request: ChatRequest) -> ChatStream:
+        """POST /chat: the server owns the system prompt and the history."""
         config = self.config
-        started_at = self.clock()
-        started = time.monotonic()
-        deadline = started + config.stream_timeout_s
         system_prompt = self.prompts.get(request.prompt)
         if system_prompt is None:
             raise InvalidRequest(f"unknown prompt {request.prompt!r}")
@@ -231,18 +263,8 @@ class ChatService:
             raise TooLarge(
                 f"message is {message_tokens} tokens; the limit is {config.max_input_tokens}"
             )
-        cap = min(request.max_tokens or config.max_output_tokens, config.max_output_tokens)
-        request_id = new_request_id()
-        record = CostRecord(
-            request_id=request_id,
-            user_id=user_id,
-            conversation_id=request.conversation_id,
-            model=primary,
-            kind="chat",
-            prompt=request.prompt,
-            started_at=iso_z(started_at),
-        )
-
+        pending = self._pending(user_id, request.max_tokens, config.model_chain, request.prompt)
+        pending.record.conversation_id = request.conversation_id
         # An upper bound of the prompt known before the history is loaded lets the
         # reservation and the history load run concurrently.
         prompt_bound = (
@@ -251,106 +273,178 @@ class ChatService:
             + message_tokens
             + PROMPT_FRAMING_TOKENS
         )
-        tokens, micros = reservation_for(prompt_bound, cap, self._chain_prices)
-        reservation = _Reservation(user_id, utc_day(started_at), request_id, tokens, micros)
-        lease_until = started_at + timedelta(
+        lease_until = pending.started_at + timedelta(
             seconds=config.stream_timeout_s + config.openai_timeout_s + LEASE_MARGIN_S
         )
-        reserved, loaded = await asyncio.gather(
-            self.usage.reserve(
-                user_id,
-                reservation.day,
-                request_id,
-                tokens,
-                micros,
-                config.limits,
-                budget_expires_at(reservation.day),
-            ),
+        conversation = await self._admit(
+            pending,
+            prompt_bound,
             self.conversations.begin_turn(
                 request.conversation_id,
                 user_id,
-                request_id,
+                pending.request_id,
                 lease_until=lease_until,
                 token_limit=config.conversation_token_limit,
-                now=started_at,
+                now=pending.started_at,
             ),
-            return_exceptions=True,
         )
-        admitted = isinstance(reserved, BudgetCounters)
-        conversation = loaded if isinstance(loaded, ConversationState) else None
-        failure = next((r for r in (loaded, reserved) if isinstance(r, BaseException)), None)
-        if failure is not None or not admitted or conversation is None:
-            await self._undo(reservation if admitted else None, conversation, request_id)
-            if isinstance(failure, ConversationLimit | TurnConflict):
-                record.outcome = (
-                    "conversation_cap"
-                    if isinstance(failure, ConversationLimit)
-                    else "turn_conflict"
-                )
-                self._emit(record, started)
-            if failure is not None:
-                raise failure
-            record.outcome = "budget_refused"
-            self._emit(record, started)
-            raise BudgetExceeded("daily budget exhausted", retry_after=seconds_to_reset(started_at))
-
-        record.conversation_id = conversation.conversation_id
+        assert conversation is not None
+        pending.conversation = conversation
+        pending.record.conversation_id = conversation.conversation_id
         turns = history.history_window(
             conversation.summary_tokens, conversation.turns, config.history_token_target
         )
         messages = history.build_messages(
             system_prompt, conversation.summary, turns, request.message
         )
-        prompt_tokens = self.tokens.count_messages(primary, messages)
+        return await self._open(pending, messages, prompt_bound, user_message=request.message)
+
+    async def start_completion(
+        self,
+        user_id: str,
+        messages: list[Message],
+        *,
+        model: str,
+        max_tokens: int | None,
+        extra: dict[str, Any],
+    ) -> ChatStream:
+        """POST /v1/chat/completions: stateless, the caller owns the whole prompt."""
+        chain = self.config.model_chain
+        if model not in chain:
+            raise UnknownModel(f"model {model!r} is not offered; use one of: {', '.join(chain)}")
+        models = chain[chain.index(model) :]
+        prompt_tokens = self.tokens.count_messages(model, messages)
+        if prompt_tokens > self.config.max_input_tokens + PROMPT_FRAMING_TOKENS:
+            raise TooLarge(
+                f"prompt is {prompt_tokens} tokens; the limit is {self.config.max_input_tokens}"
+            )
+        pending = self._pending(user_id, max_tokens, models, None)
+        await self._admit(pending, prompt_tokens, None)
+        return await self._open(pending, messages, prompt_tokens, user_message="", extra=extra)
+
+    def _pending(
+        self, user_id: str, max_tokens: int | None, models: tuple[str, ...], prompt: str | None
+    ) -> _Pending:
+        config = self.config
+        started_at = self.clock()
+        started = time.monotonic()
+        request_id = new_request_id()
+        return _Pending(
+            user_id=user_id,
+            request_id=request_id,
+            models=models,
+            prices=[self.prices.price(model) for model in models],
+            cap=min(max_tokens or config.max_output_tokens, config.max_output_tokens),
+            started_at=started_at,
+            started=started,
+            deadline=started + config.stream_timeout_s,
+            record=CostRecord(
+                request_id=request_id,
+                user_id=user_id,
+                conversation_id=None,
+                model=models[0],
+                kind="chat",
+                prompt=prompt,
+                started_at=iso_z(started_at),
+            ),
+        )
+
+    async def _admit(
+        self,
+        pending: _Pending,
+        prompt_bound: int,
+        begin_turn: Coroutine[Any, Any, ConversationState] | None,
+    ) -> ConversationState | None:
+        """Reserve the budget (and take the conversation's lease, concurrently) or refuse."""
+        tokens, micros = reservation_for(prompt_bound, pending.cap, pending.prices)
+        reservation = _Reservation(
+            pending.user_id, utc_day(pending.started_at), pending.request_id, tokens, micros
+        )
+        reserving = self.usage.reserve(
+            pending.user_id,
+            reservation.day,
+            pending.request_id,
+            tokens,
+            micros,
+            self.config.limits,
+            budget_expires_at(reservation.day),
+        )
+        if begin_turn is None:
+            (reserved,) = await asyncio.gather(reserving, return_exceptions=True)
+            loaded = None
+        else:
+            reserved, loaded = await asyncio.gather(reserving, begin_turn, return_exceptions=True)
+        admitted = isinstance(reserved, BudgetCounters)
+        conversation = loaded if isinstance(loaded, ConversationState) else None
+        failure = next((r for r in (loaded, reserved) if isinstance(r, BaseException)), None)
+        if failure is None and admitted:
+            pending.reservation = reservation
+            return conversation
+        await self._undo(reservation if admitted else None, conversation, pending.request_id)
+        record = pending.record
+        if isinstance(failure, ConversationLimit | TurnConflict):
+            record.outcome = (
+                "conversation_cap" if isinstance(failure, ConversationLimit) else "turn_conflict"
+            )
+            self._emit(record, pending.started)
+        if failure is not None:
+            raise failure
+        record.outcome = "budget_refused"
+        self._emit(record, pending.started)
+        raise BudgetExceeded(
+            "daily budget exhausted", retry_after=seconds_to_reset(pending.started_at)
+        )
+
+    async def _open(
+        self,
+        pending: _Pending,
+        messages: list[Message],
+        prompt_bound: int,
+        *,
+        user_message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatStream:
+        """Call upstream (and register the request for cancels) once the request is admitted."""
+        reservation = pending.reservation
+        assert reservation is not None
+        record = pending.record
+        conversation = pending.conversation
+        prompt_tokens = self.tokens.count_messages(pending.models[0], messages)
         try:
             if prompt_tokens > prompt_bound:
                 # Only when the latest turn alone is longer than the history target.
-                extra_tokens, extra_micros = reservation_for(
-                    prompt_tokens - prompt_bound, 0, self._chain_prices
-                )
-                topped = await self.usage.reserve(
-                    user_id,
-                    reservation.day,
-                    request_id,
-                    extra_tokens,
-                    extra_micros,
-                    config.limits,
-                    budget_expires_at(reservation.day),
-                )
-                if topped is None:
-                    await self._undo(reservation, conversation, request_id)
-                    record.outcome = "budget_refused"
-                    self._emit(record, started)
-                    raise BudgetExceeded(
-                        "daily budget exhausted", retry_after=seconds_to_reset(started_at)
-                    )
-                reservation.tokens += extra_tokens
-                reservation.micros += extra_micros
+                await self._top_up(pending, prompt_tokens - prompt_bound)
             opened, registered = await asyncio.gather(
                 self.upstream.open_stream(
-                    list(config.model_chain), messages, max_tokens=cap, deadline=deadline
+                    list(pending.models),
+                    messages,
+                    max_tokens=pending.cap,
+                    deadline=pending.deadline,
+                    extra=extra,
                 ),
                 self.requests.register(
-                    request_id, user_id, int(started_at.timestamp()) + 24 * 3600
+                    pending.request_id,
+                    pending.user_id,
+                    int(pending.started_at.timestamp()) + 24 * 3600,
                 ),
                 return_exceptions=True,
             )
         except BaseException:
-            await self._undo(reservation, conversation, request_id)
+            await self._undo(reservation, conversation, pending.request_id)
             raise
         if isinstance(opened, BaseException) or isinstance(registered, BaseException):
             if not isinstance(opened, BaseException):
                 await opened[0].aclose()
-            await self._undo(reservation, conversation, request_id)
+            await self._undo(reservation, conversation, pending.request_id)
             error = opened if isinstance(opened, BaseException) else registered
+            assert isinstance(error, BaseException)
             if isinstance(error, GatewayError) and not isinstance(error, DependencyUnavailable):
                 record.models_tried = list(getattr(error, "models_tried", []))
                 record.outcome = (
                     "upstream_rejected" if isinstance(error, UpstreamRejected) else "upstream_error"
                 )
                 record.error = error.message
-                self._emit(record, started)
-            assert isinstance(error, BaseException)
+                self._emit(record, pending.started)
             raise error
 
         upstream_stream, models_tried = opened
@@ -358,17 +452,40 @@ class ChatService:
         record.models_tried = models_tried
         stream = ChatStream(
             service=self,
-            request=request,
+            user_message=user_message,
             record=record,
             reservation=reservation,
             conversation=conversation,
             upstream=upstream_stream,
             prompt_tokens=prompt_tokens,
-            started=started,
-            deadline=deadline,
+            started=pending.started,
+            deadline=pending.deadline,
         )
-        self._active[request_id] = stream
+        self._active[pending.request_id] = stream
         return stream
+
+    async def _top_up(self, pending: _Pending, extra_prompt_tokens: int) -> None:
+        reservation = pending.reservation
+        assert reservation is not None
+        tokens, micros = reservation_for(extra_prompt_tokens, 0, pending.prices)
+        topped = await self.usage.reserve(
+            pending.user_id,
+            reservation.day,
+            pending.request_id,
+            tokens,
+            micros,
+            self.config.limits,
+            budget_expires_at(reservation.day),
+        )
+        if topped is None:
+            await self._undo(reservation, pending.conversation, pending.request_id)
+            pending.record.outcome = "budget_refused"
+            self._emit(pending.record, pending.started)
+            raise BudgetExceeded(
+                "daily budget exhausted", retry_after=seconds_to_reset(pending.started_at)
+            )
+        reservation.tokens += tokens
+        reservation.micros += micros
 
     async def _undo(
         self,
@@ -404,17 +521,17 @@ class ChatStream:
         self,
         *,
         service: ChatService,
-        request: ChatRequest,
+        user_message: str,
         record: CostRecord,
         reservation: _Reservation,
-        conversation: ConversationState,
+        conversation: ConversationState | None,
         upstream: UpstreamStream,
         prompt_tokens: int,
         started: float,
         deadline: float,
     ) -> None:
         self._service = service
-        self._request = request
+        self._user_message = user_message
         self._record = record
         self._reservation = reservation
         self._conversation = conversation
@@ -437,8 +554,16 @@ class ChatStream:
         return self._record.user_id
 
     @property
-    def conversation_id(self) -> str:
-        return self._conversation.conversation_id
+    def conversation_id(self) -> str | None:
+        return None if self._conversation is None else self._conversation.conversation_id
+
+    @property
+    def model(self) -> str:
+        return self._upstream.model
+
+    @property
+    def upstream_model(self) -> str | None:
+        return self._upstream.upstream_model
 
     def stop(self, reason: str) -> None:
         """End the stream early (cancel, disconnect, timeout): upstream is closed at once."""
@@ -453,31 +578,37 @@ class ChatStream:
         with contextlib.suppress(Exception):
             await self._upstream.aclose()
 
-    async def frames(self) -> AsyncGenerator[bytes, None]:
-        yield sse.event(
-            "meta",
-            {
-                "conversation_id": self.conversation_id,
-                "request_id": self.request_id,
-                "model": self._upstream.model,
-            },
-        )
+    async def text(self) -> AsyncGenerator[str, None]:
+        """The reply's text deltas, as upstream produces them, until it ends or is stopped."""
         watchdog = asyncio.get_running_loop().create_task(self._watch())
         try:
             async for text in self._upstream.deltas():
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
                 self._parts.append(text)
-                yield sse.delta(text)
+                yield text
                 if self._stop_reason is not None:
                     break
-        except Exception as exc:  # the upstream broke or was closed under us by stop()
+        except Exception as exc:  # the upstream broke, or stop() closed it under us
             if self._stop_reason is None:
                 self._stop_reason = "upstream_error"
                 self._record.error = str(exc)[:500]
         finally:
             watchdog.cancel()
-        outcome = await self.finish(self._stop_reason or "completed")
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        """POST /chat's SSE: meta, deltas, usage, error (when it failed), [DONE]."""
+        yield sse.event(
+            "meta",
+            {
+                "conversation_id": self.conversation_id,
+                "request_id": self.request_id,
+                "model": self.model,
+            },
+        )
+        async for text in self.text():
+            yield sse.delta(text)
+        outcome = await self.finish_now()
         yield sse.event(
             "usage",
             {
@@ -488,14 +619,9 @@ class ChatStream:
                 "budget": outcome.budget,
             },
         )
-        if self._record.outcome in ("timeout", "upstream_error"):
-            code = self._record.outcome if self._record.outcome == "timeout" else "upstream_error"
-            message = (
-                "the response took longer than the stream time limit"
-                if code == "timeout"
-                else "the upstream model stream failed"
-            )
-            yield sse.event("error", {"code": code, "message": message})
+        failure = outcome.failure()
+        if failure is not None:
+            yield sse.event("error", {"code": failure[0], "message": failure[1]})
         yield sse.DONE
 
     async def _watch(self) -> None:
@@ -516,6 +642,10 @@ class ChatStream:
             if cancelled:
                 self.stop("cancelled")
                 return
+
+    async def finish_now(self) -> Outcome:
+        """Settle now: completed unless the stream was stopped or broke."""
+        return await self.finish(self._stop_reason or "completed")
 
     async def finish(self, outcome: str) -> Outcome:
         """Settle, store and record exactly once, shielded from the caller's cancellation."""
@@ -556,36 +686,20 @@ class ChatStream:
         if self._first_token_at is not None:
             record.ttft_ms = round((self._first_token_at - self._started) * 1000, 1)
 
-        keep_turn = bool(reply) and outcome in ("completed", "cancelled", "timeout")
-        turn = Turn(
-            turn=self._conversation.turn_count + 1,
-            user=self._request.message,
-            assistant=reply,
-            model=model,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            cost_micros=record.cost_micros,
-            created_at=iso_z(service.clock()),
-            history_tokens=history.turn_history_tokens(
-                lambda messages: service.tokens.count_messages(model, messages),
-                self._request.message,
-                reply,
-            )
-            if keep_turn
-            else 0,
-        )
-        plan = (
-            history.plan_summary(
-                self._conversation.summary_tokens,
-                [*self._conversation.turns, turn],
+        conversation = self._conversation
+        turn = None
+        if conversation is not None and reply and outcome in STORED_OUTCOMES:
+            turn = self._turn(conversation, reply, model)
+        plan = None
+        if conversation is not None and turn is not None:
+            plan = history.plan_summary(
+                conversation.summary_tokens,
+                [*conversation.turns, turn],
                 service.config.history_token_target,
             )
-            if keep_turn
-            else None
-        )
         settled, stored = await asyncio.gather(
             self._settle_budget(),
-            self._store_turn(turn, keep_turn, release_lease=plan is None),
+            self._store_turn(turn, release_lease=plan is None),
             return_exceptions=True,
         )
         if isinstance(stored, BaseException):
@@ -596,7 +710,7 @@ class ChatStream:
         counters = settled if isinstance(settled, BudgetCounters) else None
         service._emit(record, self._started)
         if plan is not None and stored:
-            counters = await self._summarise(plan, turn) or counters
+            counters = await self._summarise(plan) or counters
         elif plan is not None:
             await self._release_lease()
         if counters is None:
@@ -608,6 +722,9 @@ class ChatStream:
             counters or BudgetCounters(day=self._reservation.day), service.config.limits, now
         )
         return Outcome(
+            outcome,
+            reply,
+            self._upstream.finish_reason,
             record.input_tokens,
             record.cached_input_tokens,
             record.output_tokens,
@@ -624,9 +741,30 @@ class ChatStream:
             (actual_tokens, record.cost_micros),
         )
 
-    async def _store_turn(self, turn: Turn, keep: bool, *, release_lease: bool) -> bool:
+    def _turn(self, conversation: ConversationState, reply: str, model: str) -> Turn:
         service = self._service
-        if not keep:
+        record = self._record
+        return Turn(
+            turn=conversation.turn_count + 1,
+            user=self._user_message,
+            assistant=reply,
+            model=model,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cost_micros=record.cost_micros,
+            created_at=iso_z(service.clock()),
+            history_tokens=history.turn_history_tokens(
+                lambda messages: service.tokens.count_messages(model, messages),
+                self._user_message,
+                reply,
+            ),
+        )
+
+    async def _store_turn(self, turn: Turn | None, *, release_lease: bool) -> bool:
+        service = self._service
+        if self._conversation is None:
+            return False
+        if turn is None:
             await service.conversations.release_turn(self._conversation, self.request_id)
             return False
         return await service.conversations.commit_turn(
@@ -638,12 +776,15 @@ class ChatStream:
         )
 
     async def _release_lease(self) -> None:
+        if self._conversation is None:
+            return
         with contextlib.suppress(Exception):
             await self._service.conversations.release_turn(self._conversation, self.request_id)
 
-    async def _summarise(self, plan: history.SummaryPlan, turn: Turn) -> BudgetCounters | None:
+    async def _summarise(self, plan: history.SummaryPlan) -> BudgetCounters | None:
         """Fold aged turns into the summary; on any failure the history degrades to a window."""
         service = self._service
+        assert self._conversation is not None
         summary = await summarise(
             service,
             user_id=self.user_id,

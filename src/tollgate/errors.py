@@ -34,6 +34,13 @@ class NotFound(GatewayError):
     status, code = 404, "not_found"
 
 
+class UnknownModel(NotFound):
+    """A /v1 request named a model that is not in MODEL_CHAIN."""
+
+    code = "model_not_found"
+    param = "model"
+
+
 class ConversationLimit(GatewayError):
     status, code = 403, "conversation_limit"
 

@@ -1,0 +1,300 @@
+"""POST /v1/chat/completions: OpenAI's wire format over the same budgets, caps and records.
+
+Stateless: the caller owns the whole prompt (system messages included). Requests are
+validated here, and replies are encoded as OpenAI's chunks or completion object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollgate import sse
+from tollgate.chat import MAX_BODY_BYTES, ChatStream, Outcome
+from tollgate.errors import BadRequest, GatewayError, TooLarge
+
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+# Sampling and format parameters forwarded to upstream as they are.
+PASS_THROUGH = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "response_format",
+        "logit_bias",
+        "user",
+        "reasoning_effort",
+        "verbosity",
+        "service_tier",
+        "metadata",
+        "store",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
+# Parameters whose replies are not text deltas: refused rather than silently dropped.
+UNSUPPORTED = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
+        "audio",
+        "modalities",
+        "prediction",
+        "web_search_options",
+    }
+)
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class InvalidParameter(BadRequest):
+    """A 400 in OpenAI's style: it names the parameter at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = "invalid_request"
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def openai_error_body(error: GatewayError) -> dict[str, Any]:
+    error_type = ERROR_TYPES.get(error.status, "api_error")
+    return {
+        "error": {
+            "message": error.message,
+            "type": error_type,
+            "code": error.code,
+            "param": getattr(error, "param", None),
+        }
+    }
+
+
+def _message_text(index: int, content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise InvalidParameter(
+                    f"messages[{index}].content", "only text content parts are supported"
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidParameter(f"messages[{index}].content", "text parts need `text`")
+            texts.append(text)
+        return "".join(texts)
+    raise InvalidParameter(f"messages[{index}].content", "content must be a string")
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidParameter("messages", "`messages` must be a non-empty array")
+    messages = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise InvalidParameter(f"messages[{index}]", "each message must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidParameter(
+                f"messages[{index}].role", f"role must be one of {', '.join(sorted(ROLES))}"
+            )
+        clean: dict[str, Any] = {
+            "role": role,
+            "content": _message_text(index, message.get("content")),
+        }
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                raise InvalidParameter(f"messages[{index}].name", "name must be a string")
+            clean["name"] = name
+        messages.append(clean)
+    return messages
+
+
+def _positive_int(payload: dict[str, Any], name: str) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParameter(name, f"`{name}` must be a positive integer")
+    return value
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    if len(body) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+    try:
+        payload = json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("request body is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidParameter("model", "`model` must be a string")
+    unsupported = sorted(UNSUPPORTED.intersection(payload))
+    if unsupported:
+        raise InvalidParameter(unsupported[0], f"`{unsupported[0]}` is not supported by Tollgate")
+    n = payload.get("n")
+    if n is not None and n != 1:
+        raise InvalidParameter("n", "only n=1 is supported")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidParameter("stream", "`stream` must be a boolean")
+    options = payload.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidParameter("stream_options", "`stream_options` must be an object")
+    caps = [
+        cap
+        for cap in (
+            _positive_int(payload, "max_tokens"),
+            _positive_int(payload, "max_completion_tokens"),
+        )
+        if cap is not None
+    ]
+    return CompletionRequest(
+        model=model,
+        messages=_messages(payload.get("messages")),
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        max_tokens=min(caps) if caps else None,
+        extra={key: value for key, value in payload.items() if key in PASS_THROUGH},
+    )
+
+
+def _frame(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "prompt_tokens": outcome.input_tokens,
+        "completion_tokens": outcome.output_tokens,
+        "total_tokens": outcome.input_tokens + outcome.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": outcome.cached_input_tokens},
+    }
+
+
+def _finish_reason(outcome: Outcome) -> str:
+    return outcome.finish_reason or "stop"
+
+
+class CompletionEncoder:
+    """Writes one stream's chunks in OpenAI's exact format."""
+
+    def __init__(self, stream: ChatStream, include_usage: bool) -> None:
+        self._stream = stream
+        self._include_usage = include_usage
+        self.id = f"chatcmpl-{stream.request_id}"
+        self.created = int(time.time())
+        # Content chunks are the hot path: only the text is encoded per chunk.
+        self._content_prefix = (
+            f'data: {{"id":{json.dumps(self.id)},"object":"chat.completion.chunk",'
+            f'"created":{self.created},"model":{json.dumps(stream.model)},'
+            '"choices":[{"index":0,"delta":{"content":'
+        ).encode()
+        usage = ',"usage":null' if include_usage else ""
+        self._content_suffix = f'}},"logprobs":null,"finish_reason":null}}]{usage}}}\n\n'.encode()
+
+    def _chunk(self, choices: list[dict[str, Any]], **fields: Any) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self._stream.model,
+            "choices": choices,
+        }
+        if self._include_usage:
+            body["usage"] = None
+        body.update(fields)
+        return _frame(body)
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        stream = self._stream
+        yield self._chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+        async for text in stream.text():
+            yield self._content_prefix + json.dumps(text).encode() + self._content_suffix
+        outcome = await stream.finish_now()
+        failure = outcome.failure()
+        if failure is None:
+            yield self._chunk(
+                [
+                    {
+                        "index": 0,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": _finish_reason(outcome),
+                    }
+                ]
+            )
+        if self._include_usage:
+            yield self._chunk([], usage=_usage(outcome))
+        if failure is not None:
+            code, message = failure
+            yield _frame(
+                {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
+            )
+        yield sse.DONE
+
+
+async def collect(stream: ChatStream) -> Outcome:
+    """A non-stream reply: upstream still streams, so cancel and timeouts work the same."""
+    async for _ in stream.text():
+        pass
+    return await stream.finish_now()
+
+
+def completion_body(stream: ChatStream, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{stream.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": stream.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": outcome.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(outcome),
+            }
+        ],
+        "usage": _usage(outcome),
+    }
