@@ -5,7 +5,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit
+# SAM CLI and cfn-lint pin their own boto3/pydantic, so they live in a venv of their own.
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
+TOOL_REQUIREMENTS := 'aws-sam-cli==1.*' 'cfn-lint==1.*'
+# sam runs src/Makefile with this PATH: its python3 (the tools venv's) downloads the Lambda wheels.
+# That make must not inherit this one's flags (jobserver, -n, variable overrides).
+SAM := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION="$${AWS_DEFAULT_REGION:-$${AWS_REGION:-us-east-1}}" $(TOOLS)/bin/sam
+
+# Everything that goes into .aws-sam/build: `make build` reruns sam build only when one changed
+# (directories too, so that a deleted file also counts).
+BUILD_INPUTS := template.yaml samconfig.toml src/Makefile src/requirements.txt src/run.sh \
+	$(shell find src/tollgate prompts -not -path '*/__pycache__*' -not -name '*.pyc' 2>/dev/null)
+BUILT_TEMPLATE := .aws-sam/build/template.yaml
+
+.PHONY: run test lint typecheck unit validate build deploy tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +27,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet $(TOOL_REQUIREMENTS)
+	touch $@
+
+tools: $(TOOLS_STAMP)
+
 ## run: the whole gateway on this machine (local DynamoDB, offline model server unless OPENAI_API_KEY is set)
 run: $(STAMP)
 	exec $(BIN)/python -m tollgate.local.run
 
-## test: lint, types and the whole test suite
-test: lint typecheck
+## aggregate: run the cost aggregator in-process against `make run`'s local servers (EVENT=events/<file>.json)
+.PHONY: aggregate
+aggregate: $(STAMP)
+	@test -n "$(EVENT)" || { echo "usage: make aggregate EVENT=events/aggregator_scheduled.json" >&2; exit 2; }
+	$(BIN)/python -m tollgate.local.aggregate --event "$(EVENT)" $(if $(AS_OF),--as-of "$(AS_OF)")
+
+## test: lint, types, template validation, the Lambda build, then the whole test suite
+test: lint typecheck validate build
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -30,3 +58,23 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+## bench: overhead, cold start and cost side by side with their floors (a few minutes);
+## writes docs/bench.json and docs/BENCHMARKS.md. BENCH_ARGS="--quick" for a smoke run.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## validate: the SAM template, including cfn-lint
+validate: $(TOOLS_STAMP)
+	$(SAM) validate --lint
+
+## build: the Lambda artifacts in .aws-sam/build (arm64 wheels from PyPI, code, prompts, encodings)
+build: $(BUILT_TEMPLATE)
+
+$(BUILT_TEMPLATE): $(TOOLS_STAMP) $(BUILD_INPUTS)
+	$(SAM) build
+
+## deploy: build, then `sam deploy --guided` (asks for region and parameters, saves them in samconfig.toml)
+deploy: build
+	$(SAM) deploy --guided

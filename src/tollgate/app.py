@@ -38,7 +38,7 @@ from tollgate.completions import (
 )
 from tollgate.errors import GatewayError, TooLarge
 from tollgate.observability import CostRecorder
-from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
+from tollgate.ports import ConversationStore, RateLimiter, RequestRegistry, UsageStore
 from tollgate.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -245,6 +245,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 @dataclass(slots=True)
 class Stores:
     usage: UsageStore
+    rate_limiter: RateLimiter
     requests: RequestRegistry
     conversations: ConversationStore
 
@@ -252,11 +253,16 @@ class Stores:
 def dynamodb_stores(settings: Settings) -> Stores:
     from tollgate.adapters.aws import dynamodb_client
     from tollgate.adapters.conversation_store import DynamoConversationStore
-    from tollgate.adapters.usage_store import DynamoRequestRegistry, DynamoUsageStore
+    from tollgate.adapters.usage_store import (
+        DynamoRateLimiter,
+        DynamoRequestRegistry,
+        DynamoUsageStore,
+    )
 
     client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return Stores(
         usage=DynamoUsageStore(settings.usage_table, client),
+        rate_limiter=DynamoRateLimiter(settings.usage_table, client),
         requests=DynamoRequestRegistry(settings.usage_table, client),
         conversations=DynamoConversationStore(
             settings.conversations_table, client, ttl_days=settings.conversation_ttl_days
@@ -267,11 +273,14 @@ def dynamodb_stores(settings: Settings) -> Stores:
 def memory_stores() -> Stores:
     from tollgate.adapters.memory_store import (
         MemoryConversationStore,
+        MemoryRateLimiter,
         MemoryRequestRegistry,
         MemoryUsageStore,
     )
 
-    return Stores(MemoryUsageStore(), MemoryRequestRegistry(), MemoryConversationStore())
+    return Stores(
+        MemoryUsageStore(), MemoryRateLimiter(), MemoryRequestRegistry(), MemoryConversationStore()
+    )
 
 
 def build_dependencies(
@@ -301,6 +310,7 @@ def build_dependencies(
     service = ChatService(
         config_from_settings(settings),
         usage=stores.usage,
+        rate_limiter=stores.rate_limiter,
         requests=stores.requests,
         conversations=stores.conversations,
         upstream=OpenAIUpstream(client, attempt_timeout_s=settings.openai_timeout_s),

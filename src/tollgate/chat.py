@@ -36,6 +36,7 @@ from tollgate.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
+    RateLimited,
     TooLarge,
     TurnConflict,
     UnknownModel,
@@ -49,6 +50,7 @@ from tollgate.ports import (
     ConversationView,
     Limits,
     Message,
+    RateLimiter,
     RequestRegistry,
     Turn,
     Upstream,
@@ -93,6 +95,7 @@ class ChatConfig:
     stream_timeout_s: float
     openai_timeout_s: float
     cancel_poll_s: float
+    rate_limit_per_minute: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ class ChatService:
         config: ChatConfig,
         *,
         usage: UsageStore,
+        rate_limiter: RateLimiter,
         requests: RequestRegistry,
         conversations: ConversationStore,
         upstream: Upstream,
@@ -211,6 +215,7 @@ class ChatService:
         prices.require([*config.model_chain, config.summary_model])
         self.config = config
         self.usage = usage
+        self.rate_limiter = rate_limiter
         self.requests = requests
         self.conversations = conversations
         self.upstream = upstream
@@ -369,18 +374,36 @@ class ChatService:
             self.config.limits,
             budget_expires_at(reservation.day),
         )
+        started_at = pending.started_at
+        window = started_at.astimezone(UTC).replace(second=0, microsecond=0)
+        counting = self.rate_limiter.admit(
+            pending.user_id,
+            window.strftime("%Y-%m-%dT%H:%M"),
+            self.config.rate_limit_per_minute,
+            int(window.timestamp()) + 3 * 60,
+        )
+        # The rate window, the reservation and the history load: one round trip, concurrently.
         if begin_turn is None:
-            (reserved,) = await asyncio.gather(reserving, return_exceptions=True)
-            loaded = None
+            counted, reserved = await asyncio.gather(counting, reserving, return_exceptions=True)
+            loaded: ConversationState | BaseException | None = None
         else:
-            reserved, loaded = await asyncio.gather(reserving, begin_turn, return_exceptions=True)
+            counted, reserved, loaded = await asyncio.gather(
+                counting, reserving, begin_turn, return_exceptions=True
+            )
         admitted = isinstance(reserved, BudgetCounters)
         conversation = loaded if isinstance(loaded, ConversationState) else None
-        failure = next((r for r in (loaded, reserved) if isinstance(r, BaseException)), None)
-        if failure is None and admitted:
+        failure = next(
+            (r for r in (counted, loaded, reserved) if isinstance(r, BaseException)), None
+        )
+        if failure is None and admitted and counted is True:
             pending.reservation = reservation
             return conversation
         await self._undo(reservation if admitted else None, conversation, pending.request_id)
+        if failure is None and counted is False:
+            raise RateLimited(
+                f"more than {self.config.rate_limit_per_minute} requests in a minute",
+                retry_after=60 - started_at.second,
+            )
         record = pending.record
         if isinstance(failure, ConversationLimit | TurnConflict):
             record.outcome = (
@@ -986,4 +1009,5 @@ def config_from_settings(settings: Any) -> ChatConfig:
         stream_timeout_s=settings.stream_timeout_s,
         openai_timeout_s=settings.openai_timeout_s,
         cancel_poll_s=settings.cancel_poll_s,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
     )

@@ -66,6 +66,11 @@ class UsageStore(Protocol):
     async def counters(self, user_id: str, day: str) -> BudgetCounters: ...
 
 
+class RateLimiter(Protocol):
+    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
+        """Count one request in the user's window unless it already holds `limit`."""
+
+
 class RequestRegistry(Protocol):
     """Cross-instance cancel signals: the streaming instance polls, any instance may cancel."""
 

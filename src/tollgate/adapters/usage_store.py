@@ -229,3 +229,30 @@ class DynamoRequestRegistry:
             ProjectionExpression="cancel_at",
         )
         return "cancel_at" in response.get("Item", {})
+
+
+class DynamoRateLimiter:
+    """Fixed one-minute windows: `USER#<id>` / `RATE#<minute>` items counted with one update."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self._store = DynamoUsageStore(table_name, client)
+
+    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
+        try:
+            await self._store._call(
+                "update_item",
+                Key={"pk": {"S": f"USER#{user_id}"}, "sk": {"S": f"RATE#{window}"}},
+                UpdateExpression="ADD #count :one SET expires_at = :exp",
+                ConditionExpression="attribute_not_exists(#count) OR #count < :limit",
+                ExpressionAttributeNames={"#count": "requests"},
+                ExpressionAttributeValues={
+                    ":one": _n(1),
+                    ":limit": _n(limit),
+                    ":exp": _n(expires_at),
+                },
+            )
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True

@@ -1,0 +1,365 @@
+"""Process-local stores behind the same Protocols as the DynamoDB adapters (STORE_BACKEND=memory).
+
+For benchmarks (the gateway's own cost without DynamoDB round trips) and demos, never
+for a deployment: nothing is shared between instances or survives a restart.
+
+The semantics follow the DynamoDB adapters condition for condition: a reservation is
+admitted only if it keeps the day's counters within the limits and adds to an open one;
+settling is idempotent; a conversation's turn lease is taken only when free or expired;
+another user's, an expired or a malformed conversation is NotFound; a commit or summary
+after the lease was lost (or the conversation deleted) writes nothing.
+
+asyncio-safe: no method awaits between reading and writing its state, so each one is
+atomic on the event loop (the DynamoDB adapters get the same from conditional writes).
+This module must not import boto3: `STORE_BACKEND=memory` keeps it out of the process.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from tollgate.errors import ConversationLimit, NotFound, TurnConflict
+from tollgate.ports import BudgetCounters, ConversationState, ConversationView, Limits, Turn
+
+# Same as the DynamoDB conversation store's.
+CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
+SUMMARY_LEASE = timedelta(minutes=2)
+DEFAULT_TTL_DAYS = 30
+# Finished request entries are dropped once there are this many (a cancel after that is a 404).
+REQUEST_REGISTRY_LIMIT = 100_000
+
+
+def _epoch(moment: datetime) -> int:
+    return math.ceil(moment.timestamp())
+
+
+def _iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- budgets
+
+
+@dataclass(slots=True)
+class _Budget:
+    day: str
+    tokens: int = 0
+    cost_micros: int = 0
+    reserved_tokens: int = 0
+    reserved_micros: int = 0
+    requests: int = 0
+    # request_id -> [tokens, micros] of each open reservation
+    open: dict[str, list[int]] = field(default_factory=dict)
+
+    def counters(self) -> BudgetCounters:
+        return BudgetCounters(
+            day=self.day,
+            tokens=self.tokens,
+            cost_micros=self.cost_micros,
+            reserved_tokens=self.reserved_tokens,
+            reserved_micros=self.reserved_micros,
+            requests=self.requests,
+        )
+
+
+class MemoryUsageStore:
+    def __init__(self) -> None:
+        self._budgets: dict[tuple[str, str], _Budget] = {}
+
+    async def reserve(
+        self,
+        user_id: str,
+        day: str,
+        request_id: str,
+        tokens: int,
+        micros: int,
+        limits: Limits,
+        expires_at: int,
+    ) -> BudgetCounters | None:
+        if tokens > limits.tokens or (
+            limits.cost_micros is not None and micros > limits.cost_micros
+        ):
+            return None
+        budget = self._budgets.get((user_id, day))
+        if budget is not None and (
+            budget.tokens > limits.tokens - tokens
+            or (limits.cost_micros is not None and budget.cost_micros > limits.cost_micros - micros)
+        ):
+            return None
+        if budget is None:
+            budget = self._budgets[(user_id, day)] = _Budget(day)
+        budget.tokens += tokens
+        budget.cost_micros += micros
+        budget.reserved_tokens += tokens
+        budget.reserved_micros += micros
+        held = budget.open.setdefault(request_id, [0, 0])
+        held[0] += tokens
+        held[1] += micros
+        return budget.counters()
+
+    async def settle(
+        self,
+        user_id: str,
+        day: str,
+        request_id: str,
+        reserved: tuple[int, int],
+        actual: tuple[int, int],
+    ) -> BudgetCounters | None:
+        budget = self._budgets.get((user_id, day))
+        if budget is None or budget.open.pop(request_id, None) is None:
+            return None  # settled already: a retry must not count twice
+        budget.tokens += actual[0] - reserved[0]
+        budget.cost_micros += actual[1] - reserved[1]
+        budget.reserved_tokens -= reserved[0]
+        budget.reserved_micros -= reserved[1]
+        budget.requests += 1
+        return budget.counters()
+
+    async def release(
+        self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]
+    ) -> None:
+        budget = self._budgets.get((user_id, day))
+        if budget is None or budget.open.pop(request_id, None) is None:
+            return
+        budget.tokens -= reserved[0]
+        budget.cost_micros -= reserved[1]
+        budget.reserved_tokens -= reserved[0]
+        budget.reserved_micros -= reserved[1]
+
+    async def counters(self, user_id: str, day: str) -> BudgetCounters:
+        budget = self._budgets.get((user_id, day))
+        return budget.counters() if budget is not None else BudgetCounters(day=day)
+
+
+# ---------------------------------------------------------------- request registry
+
+
+@dataclass(slots=True)
+class _RequestEntry:
+    user_id: str
+    expires_at: int
+    cancel_at: int | None = None
+
+
+class MemoryRequestRegistry:
+    def __init__(self, *, limit: int = REQUEST_REGISTRY_LIMIT) -> None:
+        self._requests: dict[str, _RequestEntry] = {}
+        self._limit = limit
+
+    async def register(self, request_id: str, user_id: str, expires_at: int) -> None:
+        if len(self._requests) >= self._limit:
+            self._prune()
+        self._requests[request_id] = _RequestEntry(user_id, expires_at)
+
+    def _prune(self) -> None:
+        now = time.time()
+        for request_id, entry in list(self._requests.items()):
+            if entry.expires_at <= now:
+                del self._requests[request_id]
+        # Still full: the oldest half goes (dicts keep insertion order).
+        if len(self._requests) >= self._limit:
+            for request_id in list(self._requests)[: self._limit // 2]:
+                del self._requests[request_id]
+
+    async def request_cancel(self, request_id: str, user_id: str) -> bool:
+        entry = self._requests.get(request_id)
+        now = int(time.time())
+        if entry is None or entry.user_id != user_id or entry.expires_at <= now:
+            return False
+        if entry.cancel_at is None:
+            entry.cancel_at = now
+        return True
+
+    async def is_cancelled(self, request_id: str) -> bool:
+        entry = self._requests.get(request_id)
+        return entry is not None and entry.cancel_at is not None
+
+
+# ---------------------------------------------------------------- conversations
+
+
+@dataclass(slots=True)
+class _Conversation:
+    owner: str
+    created_at: str
+    expires_at: int
+    total_tokens: int = 0
+    turn_count: int = 0
+    summary: str | None = None
+    summary_through_turn: int = 0
+    summary_tokens: int = 0
+    lease_request: str | None = None
+    lease_until: float | None = None
+    turns: dict[int, Turn] = field(default_factory=dict)
+
+    def is_live(self, user_id: str, now: datetime) -> bool:
+        return self.owner == user_id and self.expires_at > now.timestamp()
+
+    def ordered_turns(self, after_turn: int = 0) -> list[Turn]:
+        return [self.turns[number] for number in sorted(self.turns) if number > after_turn]
+
+
+class MemoryConversationStore:
+    def __init__(self, *, ttl_days: int = DEFAULT_TTL_DAYS) -> None:
+        self._conversations: dict[str, _Conversation] = {}
+        self._ttl = timedelta(days=ttl_days)
+
+    def _live(self, conversation_id: str, user_id: str, now: datetime) -> _Conversation:
+        conversation = (
+            self._conversations.get(conversation_id)
+            if CONVERSATION_ID.fullmatch(conversation_id)
+            else None
+        )
+        if conversation is None or not conversation.is_live(user_id, now):
+            raise NotFound("conversation not found")
+        return conversation
+
+    async def begin_turn(
+        self,
+        conversation_id: str | None,
+        user_id: str,
+        request_id: str,
+        *,
+        lease_until: datetime,
+        token_limit: int,
+        now: datetime,
+    ) -> ConversationState:
+        if conversation_id is None:
+            return ConversationState(
+                conversation_id=uuid.uuid4().hex,
+                owner=user_id,
+                is_new=True,
+                created_at=_iso_utc(now),
+            )
+        conversation = self._live(conversation_id, user_id, now)
+        if conversation.total_tokens >= token_limit:
+            raise ConversationLimit("this conversation has reached its size limit; start a new one")
+        if conversation.lease_until is not None and conversation.lease_until >= now.timestamp():
+            raise TurnConflict("another turn of this conversation is in progress")
+        conversation.lease_request = request_id
+        conversation.lease_until = lease_until.timestamp()
+        summary = conversation.summary or None
+        return ConversationState(
+            conversation_id=conversation_id,
+            owner=user_id,
+            is_new=False,
+            created_at=conversation.created_at,
+            total_tokens=conversation.total_tokens,
+            turn_count=conversation.turn_count,
+            summary=summary,
+            summary_through_turn=conversation.summary_through_turn,
+            summary_tokens=conversation.summary_tokens if summary else 0,
+            turns=conversation.ordered_turns(conversation.summary_through_turn),
+        )
+
+    async def release_turn(self, state: ConversationState, request_id: str) -> None:
+        if state.is_new:
+            return
+        conversation = self._conversations.get(state.conversation_id)
+        if conversation is not None and conversation.lease_request == request_id:
+            conversation.lease_request = conversation.lease_until = None
+
+    async def commit_turn(
+        self,
+        state: ConversationState,
+        request_id: str,
+        turn: Turn,
+        *,
+        now: datetime,
+        release_lease: bool,
+    ) -> bool:
+        tokens = turn.input_tokens + turn.output_tokens
+        conversation = self._conversations.get(state.conversation_id)
+        if state.is_new:
+            if conversation is not None:
+                return False
+            conversation = _Conversation(
+                owner=state.owner,
+                created_at=state.created_at,
+                expires_at=_epoch(now + self._ttl),
+                total_tokens=tokens,
+                turn_count=turn.turn,
+            )
+            if not release_lease:
+                conversation.lease_request = request_id
+                conversation.lease_until = (now + SUMMARY_LEASE).timestamp()
+            conversation.turns[turn.turn] = turn
+            self._conversations[state.conversation_id] = conversation
+            return True
+        # lease_request vanishes with a delete, so a deleted conversation stays deleted
+        if (
+            conversation is None
+            or conversation.lease_request != request_id
+            or turn.turn in conversation.turns
+        ):
+            return False
+        conversation.turns[turn.turn] = turn
+        conversation.total_tokens += tokens
+        conversation.turn_count += 1
+        conversation.expires_at = _epoch(now + self._ttl)
+        if release_lease:
+            conversation.lease_request = conversation.lease_until = None
+        return True
+
+    async def save_summary(
+        self,
+        state: ConversationState,
+        request_id: str,
+        *,
+        summary: str,
+        through_turn: int,
+        summary_tokens: int,
+        charged_tokens: int,
+        now: datetime,
+    ) -> bool:
+        conversation = self._conversations.get(state.conversation_id)
+        if conversation is None or conversation.lease_request != request_id:
+            return False
+        conversation.summary = summary
+        conversation.summary_through_turn = through_turn
+        conversation.summary_tokens = summary_tokens
+        conversation.total_tokens += charged_tokens
+        conversation.lease_request = conversation.lease_until = None
+        return True
+
+    async def get(self, conversation_id: str, user_id: str, now: datetime) -> ConversationView:
+        conversation = self._live(conversation_id, user_id, now)
+        return ConversationView(
+            conversation_id=conversation_id,
+            created_at=conversation.created_at,
+            total_tokens=conversation.total_tokens,
+            summary=conversation.summary or None,
+            summary_through_turn=conversation.summary_through_turn,
+            turns=conversation.ordered_turns(),
+        )
+
+    async def delete(self, conversation_id: str, user_id: str) -> None:
+        self._live(conversation_id, user_id, datetime.now(UTC))
+        del self._conversations[conversation_id]
+
+    def expire(self, conversation_id: str, expires_at: int) -> None:
+        """Test seam: move a conversation's idle expiry (DynamoDB tests edit the item)."""
+        self._conversations[conversation_id].expires_at = expires_at
+
+
+class MemoryRateLimiter:
+    """Process-local fixed one-minute windows, like DynamoRateLimiter's."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
+        key = (user_id, window)
+        count = self._counts.get(key, 0)
+        if count >= limit:
+            return False
+        if not count:
+            # Only the current window matters; older ones are dropped as new ones open.
+            self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
+        self._counts[key] = count + 1
+        return True
