@@ -239,3 +239,26 @@ def test_a_settlement_that_cannot_be_written_leaves_the_reservation_standing(
     # never under-charged: the larger reservation stays on the books
     assert gateway.usage()["tokens_used"] == errors[0]["reserved_tokens"] > charged
     assert gateway.wait_for_records(1)[0]["outcome"] == "completed"
+
+
+def test_per_minute_rate_limit_refuses_before_anything_is_charged(
+    gateway_factory, offline_model
+) -> None:
+    now = [datetime(2026, 3, 1, 12, 0, 45, tzinfo=UTC)]
+    with gateway_factory(clock=lambda: now[0], rate_limit_per_minute=2) as gateway:
+        statuses = [gateway.chat("Hi").status_code for _ in range(2)]
+        used = gateway.usage()["tokens_used"]
+        limited = gateway.chat("One too many")
+        after = gateway.usage()["tokens_used"]
+        other_user = gateway.chat("Hi", user_id="bob")
+        now[0] = datetime(2026, 3, 1, 12, 1, 0, tzinfo=UTC)
+        next_minute = gateway.chat("Hi again")
+
+    assert statuses == [200, 200]
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert limited.headers["retry-after"] == "15"
+    assert after == used
+    assert len(offline_model.ended_requests()) == 4
+    assert other_user.status_code == 200
+    assert next_minute.status_code == 200
