@@ -19,7 +19,7 @@ BUILD_INPUTS := template.yaml samconfig.toml src/Makefile src/requirements.txt s
 	$(shell find src/tollgate prompts -not -path '*/__pycache__*' -not -name '*.pyc' 2>/dev/null)
 BUILT_TEMPLATE := .aws-sam/build/template.yaml
 
-.PHONY: run test lint typecheck unit validate build deploy tools
+.PHONY: run test lint typecheck unit validate build deploy tools browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,16 @@ aggregate: $(STAMP)
 	$(BIN)/python -m tollgate.local.aggregate --event "$(EVENT)" $(if $(AS_OF),--as-of "$(AS_OF)")
 
 ## test: lint, types, template validation, the Lambda build, then the whole test suite
-test: lint typecheck validate build
+test: lint typecheck validate build browser-deps
 	$(BIN)/pytest
+
+# Headless Chromium from Debian and playwright-core from npm (which never downloads a browser).
+BROWSER_STAMP := tests/browser/node_modules/.installed-stamp
+browser-deps: $(BROWSER_STAMP)
+$(BROWSER_STAMP): tests/browser/package-lock.json
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	npm ci --silent --prefix tests/browser
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -42,6 +43,7 @@ from tollgate.ports import ConversationStore, RateLimiter, RequestRegistry, Usag
 from tollgate.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "data" / "openapi.json"
 log = logging.getLogger("tollgate.app")
 
 
@@ -119,11 +121,18 @@ def deps(request: Request) -> Dependencies:
     return dependencies
 
 
+async def authenticate(request: Request) -> str:
+    authenticator = deps(request).authenticator
+    if authenticator.may_block:
+        return await run_in_threadpool(authenticator.user_id, request.headers)
+    return authenticator.user_id(request.headers)
+
+
 def authenticated(
     handler: Callable[[Request, str], Awaitable[Response | SSEResponse]],
 ) -> Callable[[Request], Awaitable[Any]]:
     async def endpoint(request: Request) -> Any:
-        user_id = deps(request).authenticator.user_id(request.headers)
+        user_id = await authenticate(request)
         return await handler(request, user_id)
 
     endpoint.__name__ = handler.__name__
@@ -168,7 +177,7 @@ async def post_completions(request: Request) -> Response | SSEResponse:
     """OpenAI-compatible: any OpenAI SDK can point its base_url here; errors in its shape."""
     try:
         dependencies = deps(request)
-        user_id = dependencies.authenticator.user_id(request.headers)
+        user_id = await authenticate(request)
         completion = parse_completion_request(await read_body(request))
         stream = await dependencies.service.start_completion(
             user_id,
@@ -197,7 +206,7 @@ async def post_completions(request: Request) -> Response | SSEResponse:
 
 async def list_models(request: Request) -> Response:
     try:
-        deps(request).authenticator.user_id(request.headers)
+        await authenticate(request)
     except GatewayError as error:
         return openai_error_response(error)
     models = deps(request).service.config.model_chain
@@ -214,6 +223,10 @@ async def list_models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def openapi(request: Request) -> Response:
+    return FileResponse(OPENAPI_DOCUMENT, media_type="application/json")
 
 
 async def index(request: Request) -> Response:
@@ -366,6 +379,7 @@ def create_app(
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/chat", post_chat, methods=["POST"]),
         Route("/chat/{request_id}/cancel", cancel_chat, methods=["POST"]),
         Route("/usage", get_usage, methods=["GET"]),

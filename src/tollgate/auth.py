@@ -42,6 +42,11 @@ class Authenticator:
         if mode == "jwt" and not (self._jwt.secret or self._jwks):
             raise ValueError("JWT authentication needs a secret or a JWKS URL")
 
+    @property
+    def may_block(self) -> bool:
+        """True when verifying can fetch keys over the network (run it off the event loop)."""
+        return self._jwks is not None
+
     def user_id(self, headers: Mapping[str, str]) -> str:
         if self._mode == "iam":
             return self._iam_user(headers)
