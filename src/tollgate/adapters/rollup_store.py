@@ -1,0 +1,235 @@
+"""DynamoDB: rollups (rollups table) and the budget counters' settled spend (usage table).
+
+Rollup items (rollups table, `pk`/`sk`, TTL `expires_at`):
+
+| item | pk | sk |
+|---|---|---|
+| window rollup | `HOUR#<window start, ISO-8601 UTC>` | `ROLLUP` |
+| day rollup | `DAY#<yyyy-mm-dd>` | `ROLLUP` |
+
+Every item is a pure function of its records (no wall-clock attributes), and PutItem
+overwrites, so re-running a window or a day writes identical items.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from tollgate.adapters.cost_logs import aws_batch_config
+from tollgate.rollups import Counts, Rollup, UserTotal, Window, iso, parse_iso, to_ms
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, KeysAndAttributesTypeDef
+
+ROLLUP_SK = "ROLLUP"
+USAGE_BY_DAY_INDEX = "by-day"
+BUDGET_PK_PREFIX = "USER#"
+# Per-user totals kept in a window item (for exact day top spenders); beyond this the
+# smallest spenders are dropped and the item says so, to stay far below the 400 KB limit.
+MAX_USERS_PER_ITEM = 2000
+TOP_USERS_PER_ITEM = 10
+_BATCH_GET_LIMIT = 100
+_UNPROCESSED_RETRIES = 8
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def dynamodb_client() -> DynamoDBClient:
+    """A DynamoDB client; boto3 honours AWS_ENDPOINT_URL_DYNAMODB."""
+    return boto3.client("dynamodb", config=aws_batch_config())
+
+
+def window_key(window: Window) -> dict[str, AttributeValueTypeDef]:
+    return {"pk": {"S": f"HOUR#{iso(window.start)}"}, "sk": {"S": ROLLUP_SK}}
+
+
+def day_key(day: str) -> dict[str, AttributeValueTypeDef]:
+    return {"pk": {"S": f"DAY#{day}"}, "sk": {"S": ROLLUP_SK}}
+
+
+def _counts_attrs(counts: Counts) -> dict[str, int]:
+    return {
+        "requests": counts.requests,
+        "input_tokens": counts.input_tokens,
+        "output_tokens": counts.output_tokens,
+        "cost_micros": counts.cost_micros,
+    }
+
+
+def _counts(values: Mapping[str, Any]) -> Counts:
+    return Counts(
+        requests=int(values["requests"]),
+        input_tokens=int(values["input_tokens"]),
+        output_tokens=int(values["output_tokens"]),
+        cost_micros=int(values["cost_micros"]),
+    )
+
+
+def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
+    """The rollup as plain attributes (integers, maps, lists) for an item."""
+    ranked = rollup.top_users(MAX_USERS_PER_ITEM if keep_users else TOP_USERS_PER_ITEM)
+    attributes: dict[str, Any] = {
+        "start": iso(rollup.window.start),
+        "end": iso(rollup.window.end),
+        **_counts_attrs(rollup.totals),
+        "by_model": {k: _counts_attrs(v) for k, v in rollup.by_model.items()},
+        "by_outcome": dict(rollup.by_outcome),
+        "by_prompt": {k: _counts_attrs(v) for k, v in rollup.by_prompt.items()},
+        "top_users": [
+            {"user_id": user_id, "cost_micros": total.cost_micros, "tokens": total.tokens}
+            for user_id, total in ranked[:TOP_USERS_PER_ITEM]
+        ],
+        "users_complete": rollup.users_complete and len(ranked) == len(rollup.users),
+        "cost_micros_by_budget_day": dict(rollup.cost_micros_by_budget_day),
+        "skipped_lines": rollup.skipped_lines,
+    }
+    if keep_users:
+        attributes["users"] = {
+            user_id: {"cost_micros": total.cost_micros, "tokens": total.tokens}
+            for user_id, total in ranked
+        }
+    return attributes
+
+
+def rollup_from_attributes(attributes: Mapping[str, Any]) -> Rollup:
+    users = attributes.get("users", {})
+    return Rollup(
+        window=Window(parse_iso(attributes["start"]), parse_iso(attributes["end"])),
+        totals=_counts(attributes),
+        by_model={k: _counts(v) for k, v in attributes["by_model"].items()},
+        by_outcome={k: int(v) for k, v in attributes["by_outcome"].items()},
+        by_prompt={k: _counts(v) for k, v in attributes["by_prompt"].items()},
+        users={
+            k: UserTotal(cost_micros=int(v["cost_micros"]), tokens=int(v["tokens"]))
+            for k, v in users.items()
+        },
+        users_complete=bool(attributes["users_complete"]),
+        cost_micros_by_budget_day={
+            k: int(v) for k, v in attributes["cost_micros_by_budget_day"].items()
+        },
+        skipped_lines=int(attributes["skipped_lines"]),
+    )
+
+
+def _to_item(attributes: Mapping[str, Any]) -> dict[str, AttributeValueTypeDef]:
+    return {k: _serializer.serialize(v) for k, v in attributes.items()}
+
+
+def _from_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+@dataclass(frozen=True)
+class DayRollup:
+    rollup: Rollup
+    windows_present: int
+    windows_expected: int
+
+
+class RollupStore:
+    def __init__(
+        self, client: DynamoDBClient, table_name: str, retention: timedelta = timedelta(days=400)
+    ) -> None:
+        self._client = client
+        self._table = table_name
+        self._retention = retention
+
+    def _expires_at(self, window: Window) -> int:
+        # Derived from the window, not the clock, so re-runs write identical items.
+        return to_ms(window.end + self._retention) // 1000
+
+    def put_window(self, rollup: Rollup) -> None:
+        attributes = {
+            **rollup_attributes(rollup, keep_users=True),
+            "kind": "window",
+            "expires_at": self._expires_at(rollup.window),
+        }
+        self._client.put_item(
+            TableName=self._table, Item={**window_key(rollup.window), **_to_item(attributes)}
+        )
+
+    def put_day(self, day: DayRollup) -> None:
+        attributes = {
+            **rollup_attributes(day.rollup, keep_users=False),
+            "kind": "day",
+            "day": day.rollup.window.day,
+            "windows_present": day.windows_present,
+            "windows_expected": day.windows_expected,
+            "expires_at": self._expires_at(day.rollup.window),
+        }
+        self._client.put_item(
+            TableName=self._table,
+            Item={**day_key(day.rollup.window.day), **_to_item(attributes)},
+        )
+
+    def get_windows(self, windows: Iterable[Window]) -> dict[Window, Rollup]:
+        """The stored rollups of `windows`; windows never aggregated are absent."""
+        wanted = sorted(set(windows))
+        found: dict[Window, Rollup] = {}
+        for offset in range(0, len(wanted), _BATCH_GET_LIMIT):
+            keys = [window_key(w) for w in wanted[offset : offset + _BATCH_GET_LIMIT]]
+            for item in self._batch_get(keys):
+                rollup = rollup_from_attributes(_from_item(item))
+                found[rollup.window] = rollup
+        return found
+
+    def _batch_get(self, keys: list[dict[str, AttributeValueTypeDef]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        request: dict[str, KeysAndAttributesTypeDef] = {
+            self._table: {"Keys": keys, "ConsistentRead": True}
+        }
+        for attempt in range(_UNPROCESSED_RETRIES):
+            response = self._client.batch_get_item(RequestItems=request)
+            items.extend(response.get("Responses", {}).get(self._table, []))
+            unprocessed = response.get("UnprocessedKeys") or {}
+            if not unprocessed:
+                return items
+            request = unprocessed  # type: ignore[assignment]
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+        raise RuntimeError("BatchGetItem kept returning unprocessed keys")
+
+
+class BudgetCounters:
+    """The usage table's daily budget counters, read through its `by-day` index."""
+
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def settled_micros(self, day: str) -> int:
+        """Sum over users of settled spend (cost_micros minus what is still reserved)."""
+        total = 0
+        start_key: Mapping[str, Any] | None = None
+        while True:
+            arguments: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": USAGE_BY_DAY_INDEX,
+                "KeyConditionExpression": "#day = :day AND begins_with(pk, :user)",
+                "ExpressionAttributeNames": {"#day": "day"},
+                "ExpressionAttributeValues": {
+                    ":day": {"S": day},
+                    ":user": {"S": BUDGET_PK_PREFIX},
+                },
+                "ProjectionExpression": "cost_micros, reserved_micros",
+            }
+            if start_key:
+                arguments["ExclusiveStartKey"] = start_key
+            page = self._client.query(**arguments)
+            for item in page.get("Items", []):
+                values = _from_item(item)
+                total += int(values.get("cost_micros", Decimal(0))) - int(
+                    values.get("reserved_micros", Decimal(0))
+                )
+            start_key = page.get("LastEvaluatedKey")
+            if not start_key:
+                return total

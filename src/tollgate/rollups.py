@@ -1,0 +1,455 @@
+"""Cost rollups: cost records parsed from log events, aggregated exactly per time window.
+
+Pure domain: no I/O. Money is integer micro-USD throughout and becomes a float of
+USD (6 decimals) only in `summary()`.
+
+Line classification (the reader fetches every event containing the term `cost_record`):
+- a JSON object whose `message` is `"cost_record"` with valid fields -> a cost record;
+- a JSON object whose `message` is anything else -> not a cost record, ignored and
+  NOT counted (e.g. an error line that mentions `cost_record` in its text);
+- anything else (not JSON, truncated JSON, a non-object, a cost record with missing or
+  wrong-typed fields) -> malformed, counted in `skipped_lines`, never fatal. A truncated
+  record is the usual cause, and counting it makes the loss visible.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+MICROS_PER_USD = 1_000_000
+COST_RECORD_MESSAGE = "cost_record"
+# Bucket name for records whose model or prompt is null (e.g. refused before a model was chosen).
+NONE_LABEL = "(none)"
+TOP_USERS = 10
+SECONDS_PER_DAY = 86_400
+
+
+class MalformedLineError(ValueError):
+    """A log line that should have been a cost record but cannot be read as one."""
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+def parse_iso(text: str) -> datetime:
+    """ISO-8601 timestamp -> aware UTC datetime (naive input is taken as UTC)."""
+    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """A half-open UTC interval [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("window bounds must be timezone-aware")
+        if self.end <= self.start:
+            raise ValueError("window end must be after its start")
+
+    @property
+    def start_ms(self) -> int:
+        return to_ms(self.start)
+
+    @property
+    def end_ms(self) -> int:
+        return to_ms(self.end)
+
+    @property
+    def day(self) -> str:
+        """The UTC day the window starts on (windows never straddle midnight)."""
+        return self.start.astimezone(UTC).date().isoformat()
+
+    def contains_ms(self, timestamp_ms: int) -> bool:
+        return self.start_ms <= timestamp_ms < self.end_ms
+
+
+def validate_window_size(size: timedelta) -> None:
+    seconds = size.total_seconds()
+    if seconds < 60 or seconds % 60 or SECONDS_PER_DAY % seconds:
+        raise ValueError("window size must be whole minutes that divide a day evenly")
+
+
+def window_floor(moment: datetime, size: timedelta) -> datetime:
+    seconds = int(size.total_seconds())
+    epoch = int(moment.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
+
+
+def window_at(moment: datetime, size: timedelta) -> Window:
+    start = window_floor(moment, size)
+    return Window(start, start + size)
+
+
+def last_complete_windows(now: datetime, size: timedelta, count: int = 2) -> list[Window]:
+    """The last `count` complete windows before `now`, oldest first.
+
+    The default two are the last complete window plus the one before it, re-aggregated
+    because log events can arrive after their window closed.
+    """
+    validate_window_size(size)
+    last_end = window_floor(now, size)
+    return [Window(last_end - size * (i + 1), last_end - size * i) for i in reversed(range(count))]
+
+
+def windows_between(
+    start: datetime, end: datetime, size: timedelta, max_windows: int
+) -> list[Window]:
+    """Aligned windows covering [start, end): bounds are widened to window boundaries.
+
+    Widening (rather than a partial first or last window) keeps every stored rollup a full
+    window, so a backfill can never overwrite a full rollup with a partial one.
+    """
+    validate_window_size(size)
+    if end <= start:
+        raise ValueError("backfill end must be after its start")
+    cursor = window_floor(start, size)
+    windows: list[Window] = []
+    while cursor < end:
+        windows.append(Window(cursor, cursor + size))
+        cursor += size
+        if len(windows) > max_windows:
+            raise ValueError(f"backfill spans more than {max_windows} windows; split it")
+    return windows
+
+
+def day_windows(day: str, size: timedelta) -> list[Window]:
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+    return windows_between(start, start + timedelta(days=1), size, SECONDS_PER_DAY // 60)
+
+
+def next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def plan_windows(
+    event: Mapping[str, Any], now: datetime, size: timedelta, max_windows: int
+) -> list[Window]:
+    """Windows to aggregate for a Lambda event.
+
+    - EventBridge scheduled event: the last complete window before the event's `time`
+      (not the wall clock, so a delayed or retried invocation does the same work) plus
+      the window before it;
+    - `{"start": ISO, "end": ISO}`: a backfill of that span, one window at a time;
+    - `{}`: as scheduled, relative to `now`.
+    """
+    if "start" in event or "end" in event:
+        try:
+            start, end = parse_iso(str(event["start"])), parse_iso(str(event["end"]))
+        except (KeyError, ValueError) as error:
+            raise ValueError("a backfill event needs ISO-8601 'start' and 'end'") from error
+        return windows_between(start, end, size, max_windows)
+    if event.get("detail-type") == "Scheduled Event" or event.get("source") == "aws.events":
+        try:
+            return last_complete_windows(parse_iso(str(event["time"])), size)
+        except (KeyError, ValueError) as error:
+            raise ValueError("a scheduled event needs an ISO-8601 'time'") from error
+    if not event:
+        return last_complete_windows(now, size)
+    raise ValueError("unrecognised event: expected a scheduled event or {'start', 'end'}")
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    timestamp_ms: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    user_id: str
+    model: str
+    outcome: str
+    prompt: str
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    # The UTC day the request started: the day its budget counter was charged.
+    budget_day: str
+
+
+def usd_to_micros(value: Decimal | int) -> int:
+    return int((Decimal(value) * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def micros_to_usd(micros: int) -> float:
+    return round(micros / MICROS_PER_USD, 6)
+
+
+def _count(fields: Mapping[str, Any], name: str, *, default: int | None = None) -> int:
+    value = fields.get(name, default)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedLineError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _label(fields: Mapping[str, Any], name: str, *, required: bool) -> str:
+    value = fields.get(name)
+    if value is None and not required:
+        return NONE_LABEL
+    if not isinstance(value, str) or not value:
+        raise MalformedLineError(f"{name} must be a non-empty string")
+    return value
+
+
+def _budget_day(fields: Mapping[str, Any], timestamp_ms: int) -> str:
+    started_at = fields.get("started_at")
+    if isinstance(started_at, str):
+        try:
+            return parse_iso(started_at).date().isoformat()
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).date().isoformat()
+
+
+def parse_cost_record(event: LogEvent) -> CostRecord | None:
+    """The cost record in `event`, None when the line is some other JSON log line.
+
+    Raises MalformedLineError for a line that cannot be read (see the module docstring).
+    """
+    try:
+        # Decimal floats: cost_usd is read exactly, then converted to integer micros.
+        fields = json.loads(event.message, parse_float=Decimal)
+    except (ValueError, RecursionError) as error:
+        raise MalformedLineError("not JSON") from error
+    if not isinstance(fields, dict):
+        raise MalformedLineError("not a JSON object")
+    if fields.get("message") != COST_RECORD_MESSAGE:
+        return None
+    cost = fields.get("cost_usd")
+    if isinstance(cost, bool) or not isinstance(cost, Decimal | int):
+        raise MalformedLineError("cost_usd must be a number")
+    try:
+        cost_micros = usd_to_micros(cost)
+    except (InvalidOperation, OverflowError) as error:
+        raise MalformedLineError("cost_usd must be finite") from error
+    if cost_micros < 0:
+        raise MalformedLineError("cost_usd must not be negative")
+    return CostRecord(
+        user_id=_label(fields, "user_id", required=True),
+        model=_label(fields, "model", required=False),
+        outcome=_label(fields, "outcome", required=True),
+        prompt=_label(fields, "prompt", required=False),
+        input_tokens=_count(fields, "input_tokens"),
+        output_tokens=_count(fields, "output_tokens"),
+        cost_micros=cost_micros,
+        budget_day=_budget_day(fields, event.timestamp_ms),
+    )
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = 0
+
+    def add(self, record: CostRecord) -> None:
+        self.requests += 1
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cost_micros += record.cost_micros
+
+    def merge(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_micros += other.cost_micros
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": micros_to_usd(self.cost_micros),
+        }
+
+
+@dataclass
+class UserTotal:
+    cost_micros: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class Rollup:
+    """Exact totals of the cost records logged in `window`.
+
+    `requests` counts cost records: one per chat call (covering its fallbacks) and one per
+    summary call, as the chat function writes them.
+    """
+
+    window: Window
+    totals: Counts = field(default_factory=Counts)
+    by_model: dict[str, Counts] = field(default_factory=dict)
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    by_prompt: dict[str, Counts] = field(default_factory=dict)
+    users: dict[str, UserTotal] = field(default_factory=dict)
+    # False when a stored rollup had to drop its smallest users (item size limits).
+    users_complete: bool = True
+    cost_micros_by_budget_day: dict[str, int] = field(default_factory=dict)
+    skipped_lines: int = 0
+
+    def add(self, record: CostRecord) -> None:
+        self.totals.add(record)
+        self.by_model.setdefault(record.model, Counts()).add(record)
+        self.by_outcome[record.outcome] = self.by_outcome.get(record.outcome, 0) + 1
+        self.by_prompt.setdefault(record.prompt, Counts()).add(record)
+        user = self.users.setdefault(record.user_id, UserTotal())
+        user.cost_micros += record.cost_micros
+        user.tokens += record.input_tokens + record.output_tokens
+        self.cost_micros_by_budget_day[record.budget_day] = (
+            self.cost_micros_by_budget_day.get(record.budget_day, 0) + record.cost_micros
+        )
+
+    def merge(self, other: Rollup) -> None:
+        self.totals.merge(other.totals)
+        for model, counts in other.by_model.items():
+            self.by_model.setdefault(model, Counts()).merge(counts)
+        for outcome, n in other.by_outcome.items():
+            self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + n
+        for prompt, counts in other.by_prompt.items():
+            self.by_prompt.setdefault(prompt, Counts()).merge(counts)
+        for user_id, total in other.users.items():
+            mine = self.users.setdefault(user_id, UserTotal())
+            mine.cost_micros += total.cost_micros
+            mine.tokens += total.tokens
+        self.users_complete = self.users_complete and other.users_complete
+        for day, micros in other.cost_micros_by_budget_day.items():
+            self.cost_micros_by_budget_day[day] = (
+                self.cost_micros_by_budget_day.get(day, 0) + micros
+            )
+        self.skipped_lines += other.skipped_lines
+
+    def top_users(self, limit: int = TOP_USERS) -> list[tuple[str, UserTotal]]:
+        """Biggest spenders first; ties broken by tokens, then user id, so the order is stable."""
+        ranked = sorted(
+            self.users.items(), key=lambda item: (-item[1].cost_micros, -item[1].tokens, item[0])
+        )
+        return ranked[:limit]
+
+    def summary(self, top_users: int = TOP_USERS) -> dict[str, Any]:
+        """DESIGN.md's window summary, with dollars rounded to 6 decimals."""
+        return {
+            "start": iso(self.window.start),
+            "end": iso(self.window.end),
+            **self.totals.summary(),
+            "by_model": {name: c.summary() for name, c in sorted(self.by_model.items())},
+            "by_outcome": dict(sorted(self.by_outcome.items())),
+            "by_prompt": {name: c.summary() for name, c in sorted(self.by_prompt.items())},
+            "top_users": [
+                {
+                    "user_id": user_id,
+                    "cost_usd": micros_to_usd(total.cost_micros),
+                    "tokens": total.tokens,
+                }
+                for user_id, total in self.top_users(top_users)
+            ],
+            "skipped_lines": self.skipped_lines,
+        }
+
+
+def aggregate(window: Window, events: Iterable[LogEvent]) -> Rollup:
+    """The rollup of the cost records among `events` whose log timestamp is in `window`."""
+    rollup = Rollup(window)
+    for event in events:
+        if not window.contains_ms(event.timestamp_ms):
+            continue
+        try:
+            record = parse_cost_record(event)
+        except MalformedLineError:
+            rollup.skipped_lines += 1
+            continue
+        if record is not None:
+            rollup.add(record)
+    return rollup
+
+
+def combine(window: Window, parts: Iterable[Rollup]) -> Rollup:
+    """One rollup for `window` from rollups of the windows it is made of."""
+    combined = Rollup(window)
+    for part in parts:
+        combined.merge(part)
+    return combined
+
+
+# ---------------------------------------------------------------------------- reconciliation
+
+
+def reconciliation_windows(day: str, size: timedelta) -> list[Window]:
+    """Windows whose records can belong to `day`'s budget counters.
+
+    A request is charged to the day it started but logged when it ends, so a request that
+    runs past midnight is logged in the next day's first window (streams are capped far
+    below one window by STREAM_TIMEOUT_S).
+    """
+    return [*day_windows(day, size), day_windows(next_day(day), size)[0]]
+
+
+def days_closed_by(windows: Iterable[Window]) -> list[str]:
+    """Days whose reconciliation window set ends in one of `windows` (a day's first window)."""
+    closed = {
+        (w.start - timedelta(days=1)).date().isoformat()
+        for w in windows
+        if w.start == window_floor(w.start, timedelta(days=1))
+    }
+    return sorted(closed)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    day: str
+    logs_micros: int
+    counters_micros: int
+    tolerance_micros: int
+
+    @property
+    def difference_micros(self) -> int:
+        """Positive when the logs show more spend than the budget counters settled."""
+        return self.logs_micros - self.counters_micros
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.difference_micros) <= self.tolerance_micros
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "day": self.day,
+            "logs_cost_usd": micros_to_usd(self.logs_micros),
+            "counters_cost_usd": micros_to_usd(self.counters_micros),
+            "difference_usd": micros_to_usd(self.difference_micros),
+            "within_tolerance": self.within_tolerance,
+        }
+
+
+def reconcile(
+    day: str, window_rollups: Iterable[Rollup], counters_micros: int, tolerance_micros: int
+) -> Reconciliation:
+    logs_micros = sum(r.cost_micros_by_budget_day.get(day, 0) for r in window_rollups)
+    return Reconciliation(day, logs_micros, counters_micros, tolerance_micros)
