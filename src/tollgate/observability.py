@@ -8,6 +8,7 @@ per invocation: each cost record prints its own EMF blobs from a fresh Ephemeral
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -90,13 +91,19 @@ class _KeepCostFieldNulls(LambdaPowertoolsFormatter):
 
 
 def build_logger(stream: IO[str] | None = None) -> Logger:
-    """The process's Logger. Powertools keys loggers by service name: the first stream wins."""
-    return Logger(
+    """The process's Logger, writing to `stream` (stdout by default)."""
+    logger = Logger(
         service=SERVICE,
         stream=stream,
         logger_formatter=_KeepCostFieldNulls(utc=True),
         utc=True,
     )
+    # Powertools keys its loggers by service name and keeps the first handler it made;
+    # point that handler at the stream asked for.
+    handler = logger.registered_handler
+    if stream is not None and isinstance(handler, logging.StreamHandler):
+        handler.setStream(stream)
+    return logger
 
 
 class CostRecorder:
