@@ -11,7 +11,7 @@ from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
 from tests.servers import free_port
-from tollgate.adapters.conversation_store import DynamoConversationStore
+from tollgate.adapters.conversation_store import RECENT_TURNS, DynamoConversationStore
 from tollgate.errors import ConversationLimit, DependencyUnavailable, NotFound, TurnConflict
 from tollgate.ports import ConversationState, Turn
 
@@ -427,3 +427,40 @@ async def test_an_unreachable_database_is_a_dependency_failure(table: str, now: 
     with pytest.raises(DependencyUnavailable) as raised:
         await begin(store, "0" * 32, now)
     assert raised.value.retry_after is not None
+
+
+async def test_beginning_a_turn_takes_one_round_trip_and_loads_every_unsummarised_turn(
+    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+) -> None:
+    # Given a conversation with more unsummarised turns than one newest-first page holds
+    conversation_id = await start_conversation(store, now, turns=RECENT_TURNS + 5)
+    calls: list[str] = []
+    dynamodb.meta.events.register(
+        "before-call.dynamodb.*", lambda event_name, **_: calls.append(event_name)
+    )
+
+    # When a turn begins, Then every turn is loaded in order
+    state = await begin(store, conversation_id, now, request_id="req-long")
+    assert [turn.turn for turn in state.turns] == list(range(1, RECENT_TURNS + 6))
+    # And only the older ones needed a second query after the lease + newest page
+    assert sorted(calls) == [
+        "before-call.dynamodb.Query",
+        "before-call.dynamodb.Query",
+        "before-call.dynamodb.UpdateItem",
+    ]
+
+
+async def test_a_short_conversation_begins_with_the_lease_and_one_query(
+    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+) -> None:
+    # Given a conversation of three turns
+    conversation_id = await start_conversation(store, now, turns=3)
+    calls: list[str] = []
+    dynamodb.meta.events.register(
+        "before-call.dynamodb.*", lambda event_name, **_: calls.append(event_name)
+    )
+
+    # When a turn begins, Then it takes the lease and reads the turns concurrently, nothing more
+    state = await begin(store, conversation_id, now, request_id="req-short")
+    assert [turn.turn for turn in state.turns] == [1, 2, 3]
+    assert sorted(calls) == ["before-call.dynamodb.Query", "before-call.dynamodb.UpdateItem"]

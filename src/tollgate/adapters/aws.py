@@ -32,6 +32,8 @@ def dynamodb_config(timeout_s: float, max_attempts: int) -> Config:
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         tcp_keepalive=True,
+        # Our requests are built by code, not users: skip botocore's per-call schema walk.
+        parameter_validation=False,
     )
 
 

@@ -60,6 +60,8 @@ TURN_EXPIRY_SLACK = timedelta(days=1)
 # A new conversation that is summarised right after its first turn keeps the lease this long.
 SUMMARY_LEASE = timedelta(minutes=2)
 BATCH_WRITE_LIMIT = 25
+# Turns read with the lease in one round trip; the hysteresis keeps fewer unsummarised.
+RECENT_TURNS = 48
 UNPROCESSED_RETRIES = 8
 
 
@@ -164,22 +166,57 @@ class DynamoConversationStore:
     def _key(self, conversation_id: str, sk: str) -> dict[str, AttributeValueTypeDef]:
         return {"pk": _s(f"CONV#{conversation_id}"), "sk": _s(sk)}
 
-    async def _query_turns(
-        self, conversation_id: str, after_turn: int = 0, *, keys_only: bool = False
+    async def _complete_turns(
+        self,
+        conversation_id: str,
+        newest: list[dict[str, AttributeValueTypeDef]],
+        summary_through_turn: int,
+        turn_count: int,
     ) -> list[dict[str, AttributeValueTypeDef]]:
+        """The turns after the summary, oldest first, from a newest-first page plus gaps."""
+        by_turn = {
+            turn: item
+            for item in newest
+            if summary_through_turn < (turn := _int(item, "turn")) <= turn_count
+        }
+        # Older unsummarised turns than one page holds (many tiny turns), or a turn
+        # committed between the query and the lease: read what is missing.
+        missing = [t for t in range(summary_through_turn + 1, turn_count + 1) if t not in by_turn]
+        if missing:
+            for item in await self._query_turns(
+                conversation_id, after_turn=missing[0] - 1, through_turn=missing[-1]
+            ):
+                by_turn.setdefault(_int(item, "turn"), item)
+        return [by_turn[turn] for turn in sorted(by_turn)]
+
+    async def _query_turns(
+        self,
+        conversation_id: str,
+        after_turn: int = 0,
+        *,
+        through_turn: int | None = None,
+        keys_only: bool = False,
+        newest_first: int | None = None,
+    ) -> list[dict[str, AttributeValueTypeDef]]:
+        """Turn items in order, or only the `newest_first` most recent ones, newest first."""
         items: list[dict[str, AttributeValueTypeDef]] = []
+        last = LAST_TURN_KEY if through_turn is None else _turn_key(through_turn)
         request: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
             "ExpressionAttributeValues": {
                 ":pk": _s(f"CONV#{conversation_id}"),
                 ":first": _s(_turn_key(after_turn + 1)),
-                ":last": _s(LAST_TURN_KEY),
+                ":last": _s(last),
             },
             "ConsistentRead": True,  # the turn committed just before must be in the next prompt
         }
         if keys_only:
             request["ProjectionExpression"] = "pk, sk"
+        if newest_first is not None:
+            request.update(ScanIndexForward=False, Limit=newest_first)
+            page = await self._call(lambda: self._client.query(**request))
+            return list(page.get("Items", []))
         while True:
             page = await self._call(lambda: self._client.query(**request))
             items.extend(page.get("Items", []))
@@ -224,13 +261,24 @@ class DynamoConversationStore:
             )
         if not CONVERSATION_ID.fullmatch(conversation_id):
             raise NotFound("conversation not found")
-        meta = await self._take_lease(
-            conversation_id, user_id, request_id, lease_until, token_limit, now
+        # The lease and the newest turns in one round trip; the turns are checked against
+        # the metadata the lease returned (a commit may have landed in between).
+        leased, newest = await asyncio.gather(
+            self._take_lease(conversation_id, user_id, request_id, lease_until, token_limit, now),
+            self._query_turns(conversation_id, newest_first=RECENT_TURNS),
+            return_exceptions=True,
         )
+        if isinstance(leased, BaseException):
+            raise leased
+        meta = leased
         summary_through_turn = _int(meta, "summary_through_turn")
         try:
+            if isinstance(newest, BaseException):
+                raise newest
             await self._keep_turns_alive(conversation_id, request_id, meta, now)
-            turn_items = await self._query_turns(conversation_id, after_turn=summary_through_turn)
+            turn_items = await self._complete_turns(
+                conversation_id, newest, summary_through_turn, _int(meta, "turn_count")
+            )
         except BaseException:
             # without this, a failed load would block the conversation until the lease ends
             with contextlib.suppress(Exception):
