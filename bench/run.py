@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import budget_burst
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 PYTHON = sys.executable
@@ -739,6 +741,21 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Where the issue's targets stand (reported, never asserted)."""
     scenarios = {(s["reply_chunks"], s["concurrency"]): s["targets"] for s in results["overhead"]}
     checks: list[dict[str, Any]] = []
+    burst = results.get("budget_burst")
+    if burst:
+        checks.append(
+            {
+                "target": "budget overshoot, 50 concurrent streams against ~5 reservations",
+                "goal": "0 tokens, no refused request reaches upstream",
+                "value": (
+                    f"{burst['overshoot_tokens']} tokens, "
+                    f"{burst['refused_that_reached_upstream']} reached upstream"
+                ),
+                "met": burst["overshoot_tokens"] == 0
+                and burst["refused_that_reached_upstream"] == 0
+                and burst["usage_matches_events"],
+            }
+        )
     rtt = results["dynamodb_round_trip"]["p50_ms"]
     for (chunks, concurrency), targets in sorted(scenarios.items()):
         if concurrency != 1:
@@ -907,6 +924,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     else:
         lines.append(f"`{artifact['path']}`: {artifact['status']}.")
     lines.append("")
+    burst = results.get("budget_burst")
+    if burst:
+        lines += ["## Budget burst", "", budget_burst.render(burst), ""]
     cost = results.get("cost")
     if cost:
         lines += [
@@ -1061,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
             loadgen = None
             for name in ("floor", "tollgate-memory", "tollgate-dynamodb"):
                 servers.stop(name)
+            results["budget_burst"] = budget_burst_scenario(servers, offline, moto.url)
             if not args.skip_cold:
                 results["cold_start"] = cold_start(
                     offline,
@@ -1084,6 +1105,23 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = time.monotonic() - started
     write_outputs(results, args.out)
     return 0
+
+
+def budget_burst_scenario(servers: Servers, offline: Server, moto_url: str) -> dict[str, Any]:
+    limit = budget_burst.token_limit(MODEL)
+    configure_offline(
+        offline,
+        first_token_delay_s=budget_burst.FIRST_TOKEN_DELAY_S,
+        chunk_interval_s=0.001,
+        reply_tokens=budget_burst.REPLY_TOKENS,
+    )
+    env = gateway_env(offline, moto_url, "dynamodb")
+    env.update(DAILY_TOKEN_LIMIT=str(limit), MAX_OUTPUT_TOKENS=str(budget_burst.OUTPUT_CAP))
+    gateway = servers.start("tollgate-burst", uvicorn_args("tollgate.app:create_app"), env)
+    try:
+        return budget_burst.run(gateway.url, offline.url, JWT_SECRET, limit)
+    finally:
+        servers.stop("tollgate-burst")
 
 
 def count_cost_records(log: Path) -> int:

@@ -305,13 +305,17 @@ def build_dependencies(
     """The real adapters: DynamoDB, OpenAI, tiktoken, the price table, prompts/."""
     from openai import AsyncOpenAI
 
-    from tollgate.adapters.secrets import resolve_secret
+    from tollgate.adapters.secrets import RotatingSecret, resolve_secret
     from tollgate.adapters.tokenizer import token_counter
     from tollgate.adapters.upstream import OpenAIUpstream
     from tollgate.pricing import price_table
     from tollgate.prompts import PromptLibrary
 
-    api_key = settings.openai_api_key or resolve_secret(settings.openai_api_key_secret_arn)
+    rotating_key = None
+    api_key = settings.openai_api_key
+    if not api_key and settings.openai_api_key_secret_arn:
+        rotating_key = RotatingSecret(settings.openai_api_key_secret_arn)
+        api_key = rotating_key.initial()
     client = AsyncOpenAI(
         api_key=api_key or "missing",
         base_url=settings.openai_base_url,
@@ -326,7 +330,9 @@ def build_dependencies(
         rate_limiter=stores.rate_limiter,
         requests=stores.requests,
         conversations=stores.conversations,
-        upstream=OpenAIUpstream(client, attempt_timeout_s=settings.openai_timeout_s),
+        upstream=OpenAIUpstream(
+            client, attempt_timeout_s=settings.openai_timeout_s, api_key=rotating_key
+        ),
         tokens=token_counter(),
         prices=price_table(settings.price_table_path),
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),

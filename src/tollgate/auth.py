@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tollgate.errors import Unauthenticated
 
 LEEWAY_S = 30
-JWKS_ALGORITHMS = ("RS256", "ES256")
+JWKS_CACHE_S = 600
+JWKS_TIMEOUT_S = 5
 END_USER_HEADER = "x-end-user-id"
 # The Lambda Web Adapter passes the function URL's request context in this header.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -38,7 +40,15 @@ class Authenticator:
         self._jwt = jwt_config or JwtConfig()
         self._jwks = jwks_client
         if mode == "jwt" and self._jwks is None and self._jwt.jwks_url:
-            self._jwks = jwt.PyJWKClient(self._jwt.jwks_url, cache_keys=True, lifespan=600)
+            # The key set is cached for 10 minutes; an unknown kid (a rotation) refetches it at
+            # most once a second, and a removed kid stops working with the next fetch.
+            self._jwks = jwt.PyJWKClient(
+                self._jwt.jwks_url,
+                cache_keys=False,
+                lifespan=JWKS_CACHE_S,
+                cooldown_duration=1.0,
+                timeout=JWKS_TIMEOUT_S,
+            )
         if mode == "jwt" and not (self._jwt.secret or self._jwks):
             raise ValueError("JWT authentication needs a secret or a JWKS URL")
 
@@ -61,7 +71,8 @@ class Authenticator:
         try:
             if self._jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
                 key: object = self._jwks.get_signing_key_from_jwt(token).key
-                algorithms = list(JWKS_ALGORITHMS)
+                # The key's type fixes the algorithm: a token cannot choose another one.
+                algorithms = ["ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"]
             elif self._jwt.secret:
                 key, algorithms = self._jwt.secret, ["HS256"]
             else:

@@ -271,10 +271,11 @@ class ChatService:
         pending = self._pending(user_id, request.max_tokens, config.model_chain, request.prompt)
         pending.record.conversation_id = request.conversation_id
         # An upper bound of the prompt known before the history is loaded lets the
-        # reservation and the history load run concurrently.
+        # reservation and the history load run concurrently. A new conversation has none.
+        history_bound = config.history_token_target if request.conversation_id else 0
         prompt_bound = (
             self._count_system(primary, request.prompt, system_prompt)
-            + config.history_token_target
+            + history_bound
             + message_tokens
             + PROMPT_FRAMING_TOKENS
         )

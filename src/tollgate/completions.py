@@ -123,7 +123,7 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(message, dict):
             raise InvalidParameter(f"messages[{index}]", "each message must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidParameter(
                 f"messages[{index}].role", f"role must be one of {', '.join(sorted(ROLES))}"
             )
@@ -165,14 +165,19 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     if unsupported:
         raise InvalidParameter(unsupported[0], f"`{unsupported[0]}` is not supported by Tollgate")
     n = payload.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise InvalidParameter("n", "only n=1 is supported")
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidParameter("stream", "`stream` must be a boolean")
-    options = payload.get("stream_options") or {}
+    options = payload.get("stream_options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise InvalidParameter("stream_options", "`stream_options` must be an object")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise InvalidParameter("stream_options.include_usage", "`include_usage` must be a boolean")
     caps = [
         cap
         for cap in (
@@ -185,7 +190,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         model=model,
         messages=_messages(payload.get("messages")),
         stream=stream,
-        include_usage=bool(options.get("include_usage")),
+        include_usage=include_usage,
         max_tokens=min(caps) if caps else None,
         extra={key: value for key, value in payload.items() if key in PASS_THROUGH},
     )

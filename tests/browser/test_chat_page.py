@@ -15,7 +15,9 @@ from tests.gateway_fixture import make_token
 BROWSER_DIR = Path(__file__).resolve().parent
 REPO = BROWSER_DIR.parents[1]
 SCRIPT = BROWSER_DIR / "chat_page.mjs"
-SCREENSHOT = REPO / "docs" / "chat-page.png"
+# docs/chat-page.png is refreshed on request only (UPDATE_SCREENSHOT=1), so that a test
+# run leaves the tree clean.
+DOCS_SCREENSHOT = REPO / "docs" / "chat-page.png"
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 NODE = shutil.which("node")
 
@@ -34,14 +36,15 @@ pytestmark = [
 ]
 
 
-def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model) -> None:
+def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model, tmp_path) -> None:
     offline_model.set_config(chunk_interval_s=0.05, reply_tokens=40)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    update_docs = os.environ.get("UPDATE_SCREENSHOT") == "1"
+    screenshot = DOCS_SCREENSHOT if update_docs else tmp_path / "chat-page.png"
     assert NODE is not None
 
     with gateway_factory(daily_cost_limit_usd=0.5) as gateway:
         result = subprocess.run(
-            [NODE, str(SCRIPT), gateway.url, make_token("page-user"), str(SCREENSHOT)],
+            [NODE, str(SCRIPT), gateway.url, make_token("page-user"), str(screenshot)],
             capture_output=True,
             text=True,
             timeout=90,
@@ -62,4 +65,4 @@ def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model) 
     assert stored["turns"][0]["assistant"] == page["firstReply"]
     assert f"{stored['turns'][0]['cost_usd']:.6f}" in page["firstMeta"]
     assert "left" in page["budgetDetail"]
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000

@@ -26,6 +26,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
+from tollgate.adapters.secrets import RotatingSecret
 from tollgate.errors import (
     GatewayError,
     UpstreamMisconfigured,
@@ -148,10 +149,20 @@ class OpenAIUpstream:
         *,
         attempt_timeout_s: float,
         retries_per_model: int = RETRIES_PER_MODEL,
+        api_key: RotatingSecret | None = None,
     ) -> None:
         self._client = client.with_options(max_retries=0)
         self._attempt_timeout_s = attempt_timeout_s
         self._retries_per_model = retries_per_model
+        self._api_key = api_key
+
+    async def _current_client(self) -> AsyncOpenAI:
+        """The client, with the API key from Secrets Manager when the key lives there."""
+        if self._api_key is not None:
+            key = await self._api_key.current()
+            if key and key != self._client.api_key:
+                self._client = self._client.with_options(api_key=key)
+        return self._client
 
     async def open_stream(
         self,
@@ -186,6 +197,8 @@ class OpenAIUpstream:
                     ):
                         raise _with_models(UpstreamRejected(_error_message(exc)), tried) from exc
                     if status in (401, 403, 404):
+                        if status == 401 and self._api_key is not None:
+                            self._api_key.expire()  # rotated? read it again next time
                         raise _with_models(
                             UpstreamMisconfigured(
                                 f"upstream refused the gateway's call for {model} ({status})"
@@ -237,7 +250,8 @@ class OpenAIUpstream:
         )
         # `messages=[]` is replaced by extra_body's: the SDK's per-request transform of the
         # typed params (a recursive walk of every message) is skipped, the wire body is the same.
-        context = self._client.chat.completions.with_streaming_response.create(
+        client = await self._current_client()
+        context = client.chat.completions.with_streaming_response.create(
             model=model, messages=[], stream=True, extra_body=body, timeout=timeout
         )
         async with asyncio.timeout(timeout):
