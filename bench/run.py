@@ -1006,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             moto = servers.start(
                 "moto",
-                [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+                [PYTHON, "-m", "tollgate.local.moto_server", "--port", "{port}"],
                 base_env(),
                 health="/moto-api/",
             )

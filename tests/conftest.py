@@ -30,10 +30,10 @@ os.environ.update(
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """One moto server for the session, speaking the real AWS HTTP protocols on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
+    from tollgate.local.moto_server import SerializedMotoServer
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     # The gateway's own boto3 clients find the local server the way `make run` points them.

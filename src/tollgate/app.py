@@ -39,7 +39,7 @@ from tollgate.completions import (
 )
 from tollgate.errors import GatewayError, TooLarge
 from tollgate.observability import CostRecorder
-from tollgate.ports import ConversationStore, RateLimiter, RequestRegistry, UsageStore
+from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
 from tollgate.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -258,7 +258,6 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 @dataclass(slots=True)
 class Stores:
     usage: UsageStore
-    rate_limiter: RateLimiter
     requests: RequestRegistry
     conversations: ConversationStore
 
@@ -267,7 +266,6 @@ def dynamodb_stores(settings: Settings) -> Stores:
     from tollgate.adapters.aws import dynamodb_client
     from tollgate.adapters.conversation_store import DynamoConversationStore
     from tollgate.adapters.usage_store import (
-        DynamoRateLimiter,
         DynamoRequestRegistry,
         DynamoUsageStore,
     )
@@ -275,7 +273,6 @@ def dynamodb_stores(settings: Settings) -> Stores:
     client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return Stores(
         usage=DynamoUsageStore(settings.usage_table, client),
-        rate_limiter=DynamoRateLimiter(settings.usage_table, client),
         requests=DynamoRequestRegistry(settings.usage_table, client),
         conversations=DynamoConversationStore(
             settings.conversations_table, client, ttl_days=settings.conversation_ttl_days
@@ -286,14 +283,11 @@ def dynamodb_stores(settings: Settings) -> Stores:
 def memory_stores() -> Stores:
     from tollgate.adapters.memory_store import (
         MemoryConversationStore,
-        MemoryRateLimiter,
         MemoryRequestRegistry,
         MemoryUsageStore,
     )
 
-    return Stores(
-        MemoryUsageStore(), MemoryRateLimiter(), MemoryRequestRegistry(), MemoryConversationStore()
-    )
+    return Stores(MemoryUsageStore(), MemoryRequestRegistry(), MemoryConversationStore())
 
 
 def build_dependencies(
@@ -327,7 +321,6 @@ def build_dependencies(
     service = ChatService(
         config_from_settings(settings),
         usage=stores.usage,
-        rate_limiter=stores.rate_limiter,
         requests=stores.requests,
         conversations=stores.conversations,
         upstream=OpenAIUpstream(

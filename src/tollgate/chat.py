@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -50,7 +52,8 @@ from tollgate.ports import (
     ConversationView,
     Limits,
     Message,
-    RateLimiter,
+    RateWindow,
+    RateWindowFull,
     RequestRegistry,
     Turn,
     Upstream,
@@ -67,6 +70,9 @@ PROMPT_FRAMING_TOKENS = 3 * 3 + 3
 SUMMARY_PROMPT_NAME = "summarize"
 # Enough time after the stream's deadline to settle, store and summarise.
 LEASE_MARGIN_S = 30.0
+OWNER_TAG_LENGTH = 8
+RATE_WINDOW_FORMAT = "%Y-%m-%dT%H:%M"
+CANCEL_SIGNAL_TTL_S = 24 * 3600
 
 
 class TokenCounter(Protocol):
@@ -79,8 +85,22 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+def _owner_tag(user_id: str, nonce: str) -> str:
+    return hashlib.sha256(f"{user_id}\x00{nonce}".encode()).hexdigest()[:OWNER_TAG_LENGTH]
+
+
+def new_request_id(user_id: str) -> str:
+    """An unguessable id that also proves whose it is: a random part and its owner's tag."""
+    nonce = uuid.uuid4().hex
+    return nonce + _owner_tag(user_id, nonce)
+
+
+def owns_request(request_id: str, user_id: str) -> bool:
+    """True for an id this gateway issued to user_id (no lookup: the id carries its owner)."""
+    nonce, tag = request_id[:-OWNER_TAG_LENGTH], request_id[-OWNER_TAG_LENGTH:]
+    if len(nonce) != 32 or not all(c in "0123456789abcdef" for c in request_id):
+        return False
+    return hmac.compare_digest(tag, _owner_tag(user_id, nonce))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +222,6 @@ class ChatService:
         config: ChatConfig,
         *,
         usage: UsageStore,
-        rate_limiter: RateLimiter,
         requests: RequestRegistry,
         conversations: ConversationStore,
         upstream: Upstream,
@@ -215,7 +234,6 @@ class ChatService:
         prices.require([*config.model_chain, config.summary_model])
         self.config = config
         self.usage = usage
-        self.rate_limiter = rate_limiter
         self.requests = requests
         self.conversations = conversations
         self.upstream = upstream
@@ -242,8 +260,11 @@ class ChatService:
         await self.conversations.delete(conversation_id, user_id)
 
     async def cancel(self, user_id: str, request_id: str) -> None:
-        if not await self.requests.request_cancel(request_id, user_id):
+        if not owns_request(request_id, user_id):
             raise NotFound("no such request")
+        await self.requests.signal_cancel(
+            request_id, int(self.clock().timestamp()) + CANCEL_SIGNAL_TTL_S
+        )
         stream = self._active.get(request_id)
         if stream is not None and stream.user_id == user_id:
             stream.stop("cancelled")
@@ -334,7 +355,7 @@ class ChatService:
         config = self.config
         started_at = self.clock()
         started = time.monotonic()
-        request_id = new_request_id()
+        request_id = new_request_id(user_id)
         return _Pending(
             user_id=user_id,
             request_id=request_id,
@@ -366,6 +387,13 @@ class ChatService:
         reservation = _Reservation(
             pending.user_id, utc_day(pending.started_at), pending.request_id, tokens, micros
         )
+        started_at = pending.started_at
+        minute = started_at.astimezone(UTC).replace(second=0, microsecond=0)
+        rate = RateWindow(
+            window=minute.strftime(RATE_WINDOW_FORMAT),
+            previous=(minute - timedelta(minutes=1)).strftime(RATE_WINDOW_FORMAT),
+            limit=self.config.rate_limit_per_minute,
+        )
         reserving = self.usage.reserve(
             pending.user_id,
             reservation.day,
@@ -374,33 +402,22 @@ class ChatService:
             micros,
             self.config.limits,
             budget_expires_at(reservation.day),
+            rate,
         )
-        started_at = pending.started_at
-        window = started_at.astimezone(UTC).replace(second=0, microsecond=0)
-        counting = self.rate_limiter.admit(
-            pending.user_id,
-            window.strftime("%Y-%m-%dT%H:%M"),
-            self.config.rate_limit_per_minute,
-            int(window.timestamp()) + 3 * 60,
-        )
-        # The rate window, the reservation and the history load: one round trip, concurrently.
+        # The budget with the rate window, and the history: one round trip, concurrently.
         if begin_turn is None:
-            counted, reserved = await asyncio.gather(counting, reserving, return_exceptions=True)
+            (reserved,) = await asyncio.gather(reserving, return_exceptions=True)
             loaded: ConversationState | BaseException | None = None
         else:
-            counted, reserved, loaded = await asyncio.gather(
-                counting, reserving, begin_turn, return_exceptions=True
-            )
+            reserved, loaded = await asyncio.gather(reserving, begin_turn, return_exceptions=True)
         admitted = isinstance(reserved, BudgetCounters)
         conversation = loaded if isinstance(loaded, ConversationState) else None
-        failure = next(
-            (r for r in (counted, loaded, reserved) if isinstance(r, BaseException)), None
-        )
-        if failure is None and admitted and counted is True:
+        failure = next((r for r in (reserved, loaded) if isinstance(r, BaseException)), None)
+        if failure is None and admitted:
             pending.reservation = reservation
             return conversation
         await self._undo(reservation if admitted else None, conversation, pending.request_id)
-        if failure is None and counted is False:
+        if isinstance(failure, RateWindowFull):
             raise RateLimited(
                 f"more than {self.config.rate_limit_per_minute} requests in a minute",
                 retry_after=60 - started_at.second,
@@ -428,7 +445,7 @@ class ChatService:
         user_message: str,
         extra: dict[str, Any] | None = None,
     ) -> ChatStream:
-        """Call upstream (and register the request for cancels) once the request is admitted."""
+        """Call upstream once the request is admitted; a refusal there gives everything back."""
         reservation = pending.reservation
         assert reservation is not None
         record = pending.record
@@ -438,38 +455,26 @@ class ChatService:
             if prompt_tokens > prompt_bound:
                 # Only when the latest turn alone is longer than the history target.
                 await self._top_up(pending, prompt_tokens - prompt_bound)
-            opened, registered = await asyncio.gather(
-                self.upstream.open_stream(
-                    list(pending.models),
-                    messages,
-                    max_tokens=pending.cap,
-                    deadline=pending.deadline,
-                    extra=extra,
-                ),
-                self.requests.register(
-                    pending.request_id,
-                    pending.user_id,
-                    int(pending.started_at.timestamp()) + 24 * 3600,
-                ),
-                return_exceptions=True,
+            opened = await self.upstream.open_stream(
+                list(pending.models),
+                messages,
+                max_tokens=pending.cap,
+                deadline=pending.deadline,
+                extra=extra,
             )
-        except BaseException:
+        except BaseException as error:
             await self._undo(reservation, conversation, pending.request_id)
-            raise
-        if isinstance(opened, BaseException) or isinstance(registered, BaseException):
-            if not isinstance(opened, BaseException):
-                await opened[0].aclose()
-            await self._undo(reservation, conversation, pending.request_id)
-            error = opened if isinstance(opened, BaseException) else registered
-            assert isinstance(error, BaseException)
-            if isinstance(error, GatewayError) and not isinstance(error, DependencyUnavailable):
+            if isinstance(error, BudgetExceeded):
+                record.outcome = "budget_refused"
+                self._emit(record, pending.started)
+            elif isinstance(error, GatewayError) and not isinstance(error, DependencyUnavailable):
                 record.models_tried = list(getattr(error, "models_tried", []))
                 record.outcome = (
                     "upstream_rejected" if isinstance(error, UpstreamRejected) else "upstream_error"
                 )
                 record.error = error.message
                 self._emit(record, pending.started)
-            raise error
+            raise
 
         upstream_stream, models_tried = opened
         record.model = upstream_stream.model
@@ -502,9 +507,6 @@ class ChatService:
             budget_expires_at(reservation.day),
         )
         if topped is None:
-            await self._undo(reservation, pending.conversation, pending.request_id)
-            pending.record.outcome = "budget_refused"
-            self._emit(pending.record, pending.started)
             raise BudgetExceeded(
                 "daily budget exhausted", retry_after=seconds_to_reset(pending.started_at)
             )

@@ -35,6 +35,19 @@ class BudgetCounters:
     requests: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RateWindow:
+    """The user's per-minute request count, kept on the same item as the budget."""
+
+    window: str  # yyyy-mm-ddThh:mm (UTC)
+    previous: str  # the minute before, whose count can be dropped
+    limit: int
+
+
+class RateWindowFull(Exception):
+    """The request would pass the per-minute rate limit (nothing was reserved)."""
+
+
 class UsageStore(Protocol):
     async def reserve(
         self,
@@ -45,8 +58,13 @@ class UsageStore(Protocol):
         micros: int,
         limits: Limits,
         expires_at: int,
+        rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
-        """Add a reservation unless it would pass a limit (then None). Adds to an open one."""
+        """Add a reservation unless it would pass a limit (then None). Adds to an open one.
+
+        With `rate`, the same update also counts the request in its minute, and raises
+        RateWindowFull instead when the minute is full.
+        """
 
     async def settle(
         self,
@@ -66,18 +84,14 @@ class UsageStore(Protocol):
     async def counters(self, user_id: str, day: str) -> BudgetCounters: ...
 
 
-class RateLimiter(Protocol):
-    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
-        """Count one request in the user's window unless it already holds `limit`."""
-
-
 class RequestRegistry(Protocol):
-    """Cross-instance cancel signals: the streaming instance polls, any instance may cancel."""
+    """Cross-instance cancel signals: the streaming instance polls, any instance may cancel.
 
-    async def register(self, request_id: str, user_id: str, expires_at: int) -> None: ...
+    Ownership is checked before (request ids carry their owner's tag), so only signals
+    for a real owner's request ever reach the store.
+    """
 
-    async def request_cancel(self, request_id: str, user_id: str) -> bool:
-        """True when the request exists and belongs to user_id (also when already finished)."""
+    async def signal_cancel(self, request_id: str, expires_at: int) -> None: ...
 
     async def is_cancelled(self, request_id: str) -> bool: ...
 

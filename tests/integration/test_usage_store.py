@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tollgate.adapters.usage_store import DynamoUsageStore
-from tollgate.ports import Limits
+from tollgate.ports import Limits, RateWindow, RateWindowFull
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +119,33 @@ def test_release_returns_the_reservation_without_counting_a_request(dynamodb, ta
     assert counters.tokens == 0
     assert counters.cost_micros == 0
     assert counters.requests == 0
+
+
+def test_the_rate_window_is_counted_in_the_same_update(dynamodb, table_names) -> None:
+    store = DynamoUsageStore(table_names["UsageTable"], dynamodb)
+    limits = Limits(tokens=10_000, cost_micros=None)
+    minute = RateWindow(window="2026-03-01T12:00", previous="2026-03-01T11:59", limit=2)
+    next_minute = RateWindow(window="2026-03-01T12:01", previous="2026-03-01T12:00", limit=2)
+
+    async def run() -> tuple[list[object], object, object]:
+        admitted = [
+            await store.reserve("rater", DAY, f"r{i}", 10, 0, limits, EXPIRES, minute)
+            for i in range(2)
+        ]
+        with pytest.raises(RateWindowFull):
+            await store.reserve("rater", DAY, "r3", 10, 0, limits, EXPIRES, minute)
+        counters = await store.counters("rater", DAY)
+        later = await store.reserve("rater", DAY, "r4", 10, 0, limits, EXPIRES, next_minute)
+        return admitted, counters, later
+
+    admitted, counters, later = asyncio.run(run())
+
+    assert all(admitted)
+    assert counters.tokens == 20  # the refused request reserved nothing
+    assert later is not None
+    item = dynamodb.get_item(
+        TableName=table_names["UsageTable"],
+        Key={"pk": {"S": "USER#rater"}, "sk": {"S": f"DAY#{DAY}"}},
+    )["Item"]
+    assert "rate_2026-03-01T12:00" not in item  # the previous minute's count is dropped
+    assert item["rate_2026-03-01T12:01"]["N"] == "1"

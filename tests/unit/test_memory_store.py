@@ -19,12 +19,13 @@ from tollgate.adapters.memory_store import (
     MemoryUsageStore,
 )
 from tollgate.errors import ConversationLimit, NotFound, TurnConflict
-from tollgate.ports import ConversationState, Limits, Turn
+from tollgate.ports import ConversationState, Limits, RateWindow, RateWindowFull, Turn
 
 T = TypeVar("T")
 ALICE, BOB = "alice", "bob"
 DAY = "2026-03-01"
 LIMITS = Limits(tokens=1000, cost_micros=None)
+EXPIRES = 1_900_000_000
 # delete() checks expiry against the real clock, as the DynamoDB store does
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -109,18 +110,26 @@ def test_settle_is_idempotent_and_release_gives_back() -> None:
     assert run(store.counters(BOB, DAY)).tokens == 0
 
 
-def test_cancel_signals_only_reach_the_owner_of_a_live_request() -> None:
+def test_a_cancel_signal_is_seen_by_the_streaming_side() -> None:
     registry = MemoryRequestRegistry()
     expires = int(NOW.timestamp()) + 10**9
-    run(registry.register("req", ALICE, expires))
-    run(registry.register("old", ALICE, 1))
-    assert not run(registry.request_cancel("req", BOB))
-    assert not run(registry.request_cancel("nope", ALICE))
-    assert not run(registry.request_cancel("old", ALICE))
     assert not run(registry.is_cancelled("req"))
-    assert run(registry.request_cancel("req", ALICE))
-    assert run(registry.request_cancel("req", ALICE))  # again: idempotent
+    run(registry.signal_cancel("req", expires))
+    run(registry.signal_cancel("req", expires))  # again: idempotent
     assert run(registry.is_cancelled("req"))
+    assert not run(registry.is_cancelled("other"))
+
+
+def test_the_rate_window_refuses_past_its_limit_and_reserves_nothing() -> None:
+    store = MemoryUsageStore()
+    minute = RateWindow(window="2026-03-01T12:00", previous="2026-03-01T11:59", limit=2)
+    for request_id in ("r1", "r2"):
+        assert run(store.reserve(ALICE, DAY, request_id, 10, 1, LIMITS, EXPIRES, minute))
+    with pytest.raises(RateWindowFull):
+        run(store.reserve(ALICE, DAY, "r3", 10, 1, LIMITS, EXPIRES, minute))
+    assert run(store.counters(ALICE, DAY)).tokens == 20
+    next_minute = RateWindow(window="2026-03-01T12:01", previous="2026-03-01T12:00", limit=2)
+    assert run(store.reserve(ALICE, DAY, "r4", 10, 1, LIMITS, EXPIRES, next_minute))
 
 
 # ---------------------------------------------------------------- conversations

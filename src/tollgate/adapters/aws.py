@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -85,6 +85,12 @@ def error_code(exc: ClientError) -> str:
 
 def is_condition_failure(exc: ClientError) -> bool:
     return error_code(exc) == "ConditionalCheckFailedException"
+
+
+def item_on_failure(exc: ClientError) -> dict[str, Any] | None:
+    """The item as it was, from ReturnValuesOnConditionCheckFailure=ALL_OLD (None if absent)."""
+    item = cast(Mapping[str, Any], exc.response).get("Item")
+    return dict(item) if item is not None else None
 
 
 def as_unavailable(exc: Exception) -> DependencyUnavailable | None:

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from botocore.exceptions import ClientError
 
-from tollgate.adapters.aws import as_unavailable, blocking_executor, dynamodb_client
+from tollgate.adapters.aws import (
+    as_unavailable,
+    blocking_executor,
+    dynamodb_client,
+    is_condition_failure,
+    item_on_failure,
+)
 from tollgate.errors import ConversationLimit, DependencyUnavailable, NotFound, TurnConflict
 from tollgate.ports import ConversationState, ConversationView, Turn
 
@@ -119,16 +125,6 @@ def _is_live(meta: Item | None, user_id: str, now: datetime) -> bool:
         and _str(meta, "owner") == user_id
         and _int(meta, "expires_at") > now.timestamp()
     )
-
-
-def _is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-def _item_on_failure(exc: ClientError) -> Item | None:
-    """The item as it was, from ReturnValuesOnConditionCheckFailure=ALL_OLD (absent if none)."""
-    item: Item | None = cast(Mapping[str, Any], exc.response).get("Item")
-    return item
 
 
 def _cancelled_by_condition(exc: ClientError) -> bool:
@@ -330,9 +326,9 @@ class DynamoConversationStore:
                 )
             )
         except ClientError as exc:
-            if not _is_condition_failure(exc):
+            if not is_condition_failure(exc):
                 raise
-            old = _item_on_failure(exc)
+            old = item_on_failure(exc)
             if old is None or not _is_live(old, user_id, now):
                 raise NotFound("conversation not found") from exc
             if _int(old, "total_tokens") >= token_limit:
@@ -367,7 +363,7 @@ class DynamoConversationStore:
                     )
                 )
             except ClientError as exc:
-                if not _is_condition_failure(exc):
+                if not is_condition_failure(exc):
                     raise
 
         await asyncio.gather(*(refresh(key) for key in keys))
@@ -385,7 +381,7 @@ class DynamoConversationStore:
                 )
             )
         except ClientError as exc:
-            if not _is_condition_failure(exc):
+            if not is_condition_failure(exc):
                 raise
             # deleted meanwhile: the commit will fail on the same condition
 
@@ -405,7 +401,7 @@ class DynamoConversationStore:
                 )
             )
         except ClientError as exc:
-            if not _is_condition_failure(exc):
+            if not is_condition_failure(exc):
                 raise
 
     async def commit_turn(
@@ -552,7 +548,7 @@ class DynamoConversationStore:
                 )
             )
         except ClientError as exc:
-            if not _is_condition_failure(exc):
+            if not is_condition_failure(exc):
                 raise
             return False
         return True
@@ -591,7 +587,7 @@ class DynamoConversationStore:
                 )
             )
         except ClientError as exc:
-            if not _is_condition_failure(exc):
+            if not is_condition_failure(exc):
                 raise
             raise NotFound("conversation not found") from exc
         keys = await self._query_turns(conversation_id, keys_only=True)

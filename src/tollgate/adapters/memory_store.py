@@ -24,13 +24,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tollgate.errors import ConversationLimit, NotFound, TurnConflict
-from tollgate.ports import BudgetCounters, ConversationState, ConversationView, Limits, Turn
+from tollgate.ports import (
+    BudgetCounters,
+    ConversationState,
+    ConversationView,
+    Limits,
+    RateWindow,
+    RateWindowFull,
+    Turn,
+)
 
 # Same as the DynamoDB conversation store's.
 CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
 SUMMARY_LEASE = timedelta(minutes=2)
 DEFAULT_TTL_DAYS = 30
-# Finished request entries are dropped once there are this many (a cancel after that is a 404).
+# Expired cancel signals are dropped once there are this many.
 REQUEST_REGISTRY_LIMIT = 100_000
 
 
@@ -55,6 +63,8 @@ class _Budget:
     requests: int = 0
     # request_id -> [tokens, micros] of each open reservation
     open: dict[str, list[int]] = field(default_factory=dict)
+    # minute (yyyy-mm-ddThh:mm) -> requests counted in it
+    rate: dict[str, int] = field(default_factory=dict)
 
     def counters(self) -> BudgetCounters:
         return BudgetCounters(
@@ -80,12 +90,19 @@ class MemoryUsageStore:
         micros: int,
         limits: Limits,
         expires_at: int,
+        rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
         if tokens > limits.tokens or (
             limits.cost_micros is not None and micros > limits.cost_micros
         ):
             return None
         budget = self._budgets.get((user_id, day))
+        if (
+            budget is not None
+            and rate is not None
+            and budget.rate.get(rate.window, 0) >= rate.limit
+        ):
+            raise RateWindowFull
         if budget is not None and (
             budget.tokens > limits.tokens - tokens
             or (limits.cost_micros is not None and budget.cost_micros > limits.cost_micros - micros)
@@ -93,6 +110,9 @@ class MemoryUsageStore:
             return None
         if budget is None:
             budget = self._budgets[(user_id, day)] = _Budget(day)
+        if rate is not None:
+            budget.rate.pop(rate.previous, None)
+            budget.rate[rate.window] = budget.rate.get(rate.window, 0) + 1
         budget.tokens += tokens
         budget.cost_micros += micros
         budget.reserved_tokens += tokens
@@ -139,45 +159,19 @@ class MemoryUsageStore:
 # ---------------------------------------------------------------- request registry
 
 
-@dataclass(slots=True)
-class _RequestEntry:
-    user_id: str
-    expires_at: int
-    cancel_at: int | None = None
-
-
 class MemoryRequestRegistry:
     def __init__(self, *, limit: int = REQUEST_REGISTRY_LIMIT) -> None:
-        self._requests: dict[str, _RequestEntry] = {}
+        self._cancelled: dict[str, int] = {}  # request id -> expires_at
         self._limit = limit
 
-    async def register(self, request_id: str, user_id: str, expires_at: int) -> None:
-        if len(self._requests) >= self._limit:
-            self._prune()
-        self._requests[request_id] = _RequestEntry(user_id, expires_at)
-
-    def _prune(self) -> None:
-        now = time.time()
-        for request_id, entry in list(self._requests.items()):
-            if entry.expires_at <= now:
-                del self._requests[request_id]
-        # Still full: the oldest half goes (dicts keep insertion order).
-        if len(self._requests) >= self._limit:
-            for request_id in list(self._requests)[: self._limit // 2]:
-                del self._requests[request_id]
-
-    async def request_cancel(self, request_id: str, user_id: str) -> bool:
-        entry = self._requests.get(request_id)
-        now = int(time.time())
-        if entry is None or entry.user_id != user_id or entry.expires_at <= now:
-            return False
-        if entry.cancel_at is None:
-            entry.cancel_at = now
-        return True
+    async def signal_cancel(self, request_id: str, expires_at: int) -> None:
+        if len(self._cancelled) >= self._limit:
+            now = time.time()
+            self._cancelled = {k: v for k, v in self._cancelled.items() if v > now}
+        self._cancelled[request_id] = expires_at
 
     async def is_cancelled(self, request_id: str) -> bool:
-        entry = self._requests.get(request_id)
-        return entry is not None and entry.cancel_at is not None
+        return request_id in self._cancelled
 
 
 # ---------------------------------------------------------------- conversations
@@ -345,21 +339,3 @@ class MemoryConversationStore:
     def expire(self, conversation_id: str, expires_at: int) -> None:
         """Test seam: move a conversation's idle expiry (DynamoDB tests edit the item)."""
         self._conversations[conversation_id].expires_at = expires_at
-
-
-class MemoryRateLimiter:
-    """Process-local fixed one-minute windows, like DynamoRateLimiter's."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-
-    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
-        key = (user_id, window)
-        count = self._counts.get(key, 0)
-        if count >= limit:
-            return False
-        if not count:
-            # Only the current window matters; older ones are dropped as new ones open.
-            self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-        self._counts[key] = count + 1
-        return True

@@ -18,14 +18,14 @@ from tollgate.adapters.aws import (
     as_unavailable,
     dynamodb_client,
     is_condition_failure,
+    item_on_failure,
     run_blocking,
 )
-from tollgate.ports import BudgetCounters, Limits
+from tollgate.ports import BudgetCounters, Limits, RateWindow, RateWindowFull
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-REQUEST_TTL_S = 24 * 3600
 _COUNTERS = ("tokens", "cost_micros", "reserved_tokens", "reserved_micros", "requests")
 
 
@@ -78,12 +78,18 @@ class DynamoUsageStore:
         micros: int,
         limits: Limits,
         expires_at: int,
+        rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
         if tokens > limits.tokens or (
             limits.cost_micros is not None and micros > limits.cost_micros
         ):
             return None
-        names = {"#tokens": "tokens", "#cost": "cost_micros", **_reservation_names(request_id)}
+        names = {
+            "#tokens": "tokens",
+            "#cost": "cost_micros",
+            "#day": "day",
+            **_reservation_names(request_id),
+        }
         values = {
             ":t": _n(tokens),
             ":c": _n(micros),
@@ -92,28 +98,41 @@ class DynamoUsageStore:
             ":user": {"S": user_id},
             ":exp": _n(expires_at),
         }
+        update = (
+            "ADD #tokens :t, #cost :c, reserved_tokens :t, reserved_micros :c, #rt :t, #rc :c "
+            "SET #day = :day, user_id = :user, expires_at = :exp"
+        )
         condition = "(attribute_not_exists(#tokens) OR #tokens <= :tmax)"
         if limits.cost_micros is not None:
             condition += " AND (attribute_not_exists(#cost) OR #cost <= :cmax)"
             values[":cmax"] = _n(limits.cost_micros - micros)
+        if rate is not None:
+            # The minute's count lives on the budget item: one update admits both.
+            names.update({"#rate": f"rate_{rate.window}", "#previous": f"rate_{rate.previous}"})
+            values.update({":one": _n(1), ":rate_max": _n(rate.limit)})
+            update = update.replace("#rc :c ", "#rc :c, #rate :one ") + " REMOVE #previous"
+            condition += " AND (attribute_not_exists(#rate) OR #rate < :rate_max)"
         try:
             response = await self._call(
                 "update_item",
                 Key=budget_key(user_id, day),
-                UpdateExpression=(
-                    "ADD #tokens :t, #cost :c, reserved_tokens :t, reserved_micros :c, "
-                    "#rt :t, #rc :c "
-                    "SET #day = :day, user_id = :user, expires_at = :exp"
-                ),
+                UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames={**names, "#day": "day"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if is_condition_failure(exc):
-                return None
-            raise
+            if not is_condition_failure(exc):
+                raise
+            old = item_on_failure(exc) or {}
+            if (
+                rate is not None
+                and int(old.get(f"rate_{rate.window}", {}).get("N", 0)) >= rate.limit
+            ):
+                raise RateWindowFull from exc
+            return None
         return _counters(day, response["Attributes"])
 
     async def settle(
@@ -190,36 +209,20 @@ class DynamoUsageStore:
 
 
 class DynamoRequestRegistry:
-    """`REQ#<id>` items in the usage table: owner, start, and the cancel signal."""
+    """`REQ#<id>` items in the usage table, written only when a cancel is asked for."""
 
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self._store = DynamoUsageStore(table_name, client)
 
-    async def register(self, request_id: str, user_id: str, expires_at: int) -> None:
+    async def signal_cancel(self, request_id: str, expires_at: int) -> None:
         await self._store._call(
             "put_item",
             Item={
                 **request_key(request_id),
-                "user_id": {"S": user_id},
-                "started_at": _n(int(time.time())),
+                "cancel_at": _n(int(time.time())),
                 "expires_at": _n(expires_at),
             },
         )
-
-    async def request_cancel(self, request_id: str, user_id: str) -> bool:
-        try:
-            await self._store._call(
-                "update_item",
-                Key=request_key(request_id),
-                UpdateExpression="SET cancel_at = if_not_exists(cancel_at, :now)",
-                ConditionExpression="user_id = :user AND expires_at > :now",
-                ExpressionAttributeValues={":user": {"S": user_id}, ":now": _n(int(time.time()))},
-            )
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
 
     async def is_cancelled(self, request_id: str) -> bool:
         response = await self._store._call(
@@ -229,30 +232,3 @@ class DynamoRequestRegistry:
             ProjectionExpression="cancel_at",
         )
         return "cancel_at" in response.get("Item", {})
-
-
-class DynamoRateLimiter:
-    """Fixed one-minute windows: `USER#<id>` / `RATE#<minute>` items counted with one update."""
-
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self._store = DynamoUsageStore(table_name, client)
-
-    async def admit(self, user_id: str, window: str, limit: int, expires_at: int) -> bool:
-        try:
-            await self._store._call(
-                "update_item",
-                Key={"pk": {"S": f"USER#{user_id}"}, "sk": {"S": f"RATE#{window}"}},
-                UpdateExpression="ADD #count :one SET expires_at = :exp",
-                ConditionExpression="attribute_not_exists(#count) OR #count < :limit",
-                ExpressionAttributeNames={"#count": "requests"},
-                ExpressionAttributeValues={
-                    ":one": _n(1),
-                    ":limit": _n(limit),
-                    ":exp": _n(expires_at),
-                },
-            )
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True

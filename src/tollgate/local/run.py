@@ -243,12 +243,12 @@ class LocalRunner:
         return description
 
     def _start_moto_server(self) -> str:
-        from moto.server import ThreadedMotoServer
+        from tollgate.local.moto_server import SerializedMotoServer
 
         # Its per-request access lines would drown the gateway's output.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server = SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         self._moto_server = server
         endpoint = f"http://127.0.0.1:{port}"
