@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tollgate.errors import Unauthenticated
 
@@ -70,6 +69,8 @@ class Authenticator:
         token = token.strip()
         try:
             if self._jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
+                from cryptography.hazmat.primitives.asymmetric import ec  # JWKS mode only
+
                 key: object = self._jwks.get_signing_key_from_jwt(token).key
                 # The key's type fixes the algorithm: a token cannot choose another one.
                 algorithms = ["ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"]
