@@ -354,10 +354,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.deps = resolved
-        # The first model's encoding (~0.3 s) loads before the app reports ready, off the
-        # event loop: no request ever waits for it, and on Lambda it runs in the init phase.
-        await run_in_threadpool(
-            resolved.service.tokens.count_text, settings.model_chain[0], "warm up"
+        # The first model's encoding (~0.3 s) loads in a thread while the app starts
+        # serving; a request that needs it before then awaits it without blocking the loop.
+        resolved.service.warming = asyncio.ensure_future(
+            run_in_threadpool(resolved.service.tokens.count_text, settings.model_chain[0], "warm")
         )
         yield
 

@@ -85,6 +85,23 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def utf8_bound(text: str) -> int:
+    """At least the text's token count in any encoding: every token is one byte or more."""
+    return len(text.encode("utf-8"))
+
+
+def messages_bound(messages: list[Message]) -> int:
+    """At least count_messages(): each string's bytes, 4 per message, 3 for the reply."""
+    return 3 + sum(
+        4 + sum(utf8_bound(value) for value in message.values() if isinstance(value, str))
+        for message in messages
+    )
+
+
+class _RefusedOnBound(Exception):
+    """Refused while the counts were upper bounds (the encoding still loading): recount."""
+
+
 def _owner_tag(user_id: str, nonce: str) -> str:
     return hashlib.sha256(f"{user_id}\x00{nonce}".encode()).hexdigest()[:OWNER_TAG_LENGTH]
 
@@ -212,6 +229,8 @@ class _Pending:
     started: float
     deadline: float
     record: CostRecord
+    # False while the encoding loads: counts are byte bounds, a refusal is retried exactly
+    exact: bool = True
     reservation: _Reservation | None = None
     conversation: ConversationState | None = None
 
@@ -243,6 +262,8 @@ class ChatService:
         self.recorder = recorder
         self.clock = clock
         self._active: dict[str, ChatStream] = {}
+        # Set at start-up while the first encoding loads in a thread (see app.lifespan).
+        self.warming: asyncio.Future[int] | None = None
         self._system_tokens: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------ queries
@@ -277,29 +298,52 @@ class ChatService:
             self._system_tokens[key] = self.tokens.count_text(model, text)
         return self._system_tokens[key]
 
+    def _encoding_ready(self) -> bool:
+        return self.warming is None or self.warming.done()
+
+    async def _encoding_loaded(self) -> None:
+        if self.warming is not None and not self.warming.done():
+            await asyncio.shield(self.warming)
+
     async def start(self, user_id: str, request: ChatRequest) -> ChatStream:
         """POST /chat: the server owns the system prompt and the history."""
+        # On a cold instance the first requests do not wait for the encoding: they
+        # reserve byte-length upper bounds, and settle to what upstream reports.
+        try:
+            return await self._start(user_id, request, exact=self._encoding_ready())
+        except _RefusedOnBound:
+            await self._encoding_loaded()
+            return await self._start(user_id, request, exact=True)
+
+    async def _start(self, user_id: str, request: ChatRequest, *, exact: bool) -> ChatStream:
         config = self.config
         system_prompt = self.prompts.get(request.prompt)
         if system_prompt is None:
             raise InvalidRequest(f"unknown prompt {request.prompt!r}")
         primary = config.model_chain[0]
-        message_tokens = self.tokens.count_text(primary, request.message)
+        message_tokens = (
+            self.tokens.count_text(primary, request.message)
+            if exact
+            else utf8_bound(request.message)
+        )
         if message_tokens > config.max_input_tokens:
+            if not exact:
+                raise _RefusedOnBound
             raise TooLarge(
                 f"message is {message_tokens} tokens; the limit is {config.max_input_tokens}"
             )
         pending = self._pending(user_id, request.max_tokens, config.model_chain, request.prompt)
+        pending.exact = exact
         pending.record.conversation_id = request.conversation_id
+        system_tokens = (
+            self._count_system(primary, request.prompt, system_prompt)
+            if exact
+            else utf8_bound(system_prompt)
+        )
         # An upper bound of the prompt known before the history is loaded lets the
         # reservation and the history load run concurrently. A new conversation has none.
         history_bound = config.history_token_target if request.conversation_id else 0
-        prompt_bound = (
-            self._count_system(primary, request.prompt, system_prompt)
-            + history_bound
-            + message_tokens
-            + PROMPT_FRAMING_TOKENS
-        )
+        prompt_bound = system_tokens + history_bound + message_tokens + PROMPT_FRAMING_TOKENS
         lease_until = pending.started_at + timedelta(
             seconds=config.stream_timeout_s + config.openai_timeout_s + LEASE_MARGIN_S
         )
@@ -340,12 +384,37 @@ class ChatService:
         if model not in chain:
             raise UnknownModel(f"model {model!r} is not offered; use one of: {', '.join(chain)}")
         models = chain[chain.index(model) :]
-        prompt_tokens = self.tokens.count_messages(model, messages)
+        try:
+            return await self._start_completion(
+                user_id, messages, models, max_tokens, extra, exact=self._encoding_ready()
+            )
+        except _RefusedOnBound:
+            await self._encoding_loaded()
+            return await self._start_completion(
+                user_id, messages, models, max_tokens, extra, exact=True
+            )
+
+    async def _start_completion(
+        self,
+        user_id: str,
+        messages: list[Message],
+        models: tuple[str, ...],
+        max_tokens: int | None,
+        extra: dict[str, Any],
+        *,
+        exact: bool,
+    ) -> ChatStream:
+        prompt_tokens = (
+            self.tokens.count_messages(models[0], messages) if exact else messages_bound(messages)
+        )
         if prompt_tokens > self.config.max_input_tokens + PROMPT_FRAMING_TOKENS:
+            if not exact:
+                raise _RefusedOnBound
             raise TooLarge(
                 f"prompt is {prompt_tokens} tokens; the limit is {self.config.max_input_tokens}"
             )
         pending = self._pending(user_id, max_tokens, models, None)
+        pending.exact = exact
         await self._admit(pending, prompt_tokens, None)
         return await self._open(pending, messages, prompt_tokens, user_message="", extra=extra)
 
@@ -422,6 +491,8 @@ class ChatService:
                 f"more than {self.config.rate_limit_per_minute} requests in a minute",
                 retry_after=60 - started_at.second,
             )
+        if failure is None and not pending.exact:
+            raise _RefusedOnBound
         record = pending.record
         if isinstance(failure, ConversationLimit | TurnConflict):
             record.outcome = (
@@ -450,7 +521,11 @@ class ChatService:
         assert reservation is not None
         record = pending.record
         conversation = pending.conversation
-        prompt_tokens = self.tokens.count_messages(pending.models[0], messages)
+        prompt_tokens = (
+            self.tokens.count_messages(pending.models[0], messages)
+            if pending.exact
+            else messages_bound(messages)
+        )
         try:
             if prompt_tokens > prompt_bound:
                 # Only when the latest turn alone is longer than the history target.
@@ -464,6 +539,8 @@ class ChatService:
             )
         except BaseException as error:
             await self._undo(reservation, conversation, pending.request_id)
+            if isinstance(error, BudgetExceeded) and not pending.exact:
+                raise _RefusedOnBound from error
             if isinstance(error, BudgetExceeded):
                 record.outcome = "budget_refused"
                 self._emit(record, pending.started)
@@ -486,7 +563,8 @@ class ChatService:
             reservation=reservation,
             conversation=conversation,
             upstream=upstream_stream,
-            prompt_tokens=prompt_tokens,
+            messages=messages,
+            prompt_tokens=prompt_tokens if pending.exact else None,
             started=pending.started,
             deadline=pending.deadline,
         )
@@ -552,7 +630,8 @@ class ChatStream:
         reservation: _Reservation,
         conversation: ConversationState | None,
         upstream: UpstreamStream,
-        prompt_tokens: int,
+        messages: list[Message],
+        prompt_tokens: int | None,
         started: float,
         deadline: float,
     ) -> None:
@@ -562,7 +641,8 @@ class ChatStream:
         self._reservation = reservation
         self._conversation = conversation
         self._upstream = upstream
-        self._prompt_tokens = prompt_tokens
+        self._messages = messages
+        self._prompt_tokens = prompt_tokens  # None when only a bound was known at the start
         self._started = started
         self._deadline = deadline
         self._parts: list[str] = []
@@ -685,6 +765,7 @@ class ChatStream:
         service = self._service
         record = self._record
         record.outcome = outcome
+        await service._encoding_loaded()  # counting below must not block the loop
         try:
             await self._upstream.aclose()
         except Exception as exc:
@@ -703,7 +784,9 @@ class ChatStream:
         else:
             # Cut short before upstream reported usage: price what was produced.
             record.usage_source = "estimated"
-            record.input_tokens = self._prompt_tokens
+            record.input_tokens = self._prompt_tokens or service.tokens.count_messages(
+                model, self._messages
+            )
             record.output_tokens = service.tokens.count_text(model, reply) if reply else 0
         price = service.prices.price(record.upstream_model or model)
         record.cost_micros = price.cost_micros(
