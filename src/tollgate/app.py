@@ -354,11 +354,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.deps = resolved
-        # The first model's encoding (~0.3 s) loads in a thread while the app starts
-        # serving; a request that needs it before then awaits it without blocking the loop.
-        resolved.service.warming = asyncio.ensure_future(
-            run_in_threadpool(resolved.service.tokens.count_text, settings.model_chain[0], "warm")
-        )
+        # The encoding (~0.3 s of CPU) loads on first need, in a thread, after the first
+        # reply streamed: a cold instance's first requests reserve byte bounds instead.
+        resolved.service.lazy_encoding = True
         yield
 
     middleware = []

@@ -76,6 +76,8 @@ CANCEL_SIGNAL_TTL_S = 24 * 3600
 
 
 class TokenCounter(Protocol):
+    def is_loaded(self, model: str) -> bool: ...
+
     def count_text(self, model: str, text: str) -> int: ...
 
     def count_messages(self, model: str, messages: list[Message]) -> int: ...
@@ -262,7 +264,9 @@ class ChatService:
         self.recorder = recorder
         self.clock = clock
         self._active: dict[str, ChatStream] = {}
-        # Set at start-up while the first encoding loads in a thread (see app.lifespan).
+        # With lazy_encoding (set by the app), the first model's encoding loads in a thread
+        # on first need; until then requests count with byte bounds (see _start).
+        self.lazy_encoding = False
         self.warming: asyncio.Future[int] | None = None
         self._system_tokens: dict[tuple[str, str], int] = {}
 
@@ -299,11 +303,18 @@ class ChatService:
         return self._system_tokens[key]
 
     def _encoding_ready(self) -> bool:
-        return self.warming is None or self.warming.done()
+        if self.warming is not None:
+            return self.warming.done()
+        return not self.lazy_encoding or self.tokens.is_loaded(self.config.model_chain[0])
 
     async def _encoding_loaded(self) -> None:
-        if self.warming is not None and not self.warming.done():
-            await asyncio.shield(self.warming)
+        if self._encoding_ready():
+            return
+        if self.warming is None:
+            self.warming = asyncio.ensure_future(
+                asyncio.to_thread(self.tokens.count_text, self.config.model_chain[0], "warm")
+            )
+        await asyncio.shield(self.warming)
 
     async def start(self, user_id: str, request: ChatRequest) -> ChatStream:
         """POST /chat: the server owns the system prompt and the history."""

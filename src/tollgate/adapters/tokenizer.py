@@ -83,13 +83,18 @@ def _unpack_vendored(name: str) -> None:
     partial.replace(target)
 
 
+_loaded: set[str] = set()
+
+
 @cache
 def get_encoding(name: str) -> tiktoken.Encoding:
     if name not in ENCODING_SOURCES:
         raise EncodingFileError(f"no vendored encoding named {name}")
     with _load_lock:
         _unpack_vendored(name)
-        return tiktoken.get_encoding(name)
+        encoding = tiktoken.get_encoding(name)
+        _loaded.add(name)
+        return encoding
 
 
 class TokenCounter:
@@ -97,6 +102,10 @@ class TokenCounter:
 
     def encoding(self, model: str) -> tiktoken.Encoding:
         return get_encoding(encoding_name_for_model(model))
+
+    def is_loaded(self, model: str) -> bool:
+        """Whether counting for this model is ready without loading an encoding first."""
+        return encoding_name_for_model(model) in _loaded
 
     def count_text(self, model: str, text: str) -> int:
         return len(self.encoding(model).encode_ordinary(text))
