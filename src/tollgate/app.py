@@ -22,13 +22,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tollgate.auth import Authenticator, JwtConfig
-from tollgate.chat import (
-    MAX_BODY_BYTES,
-    ChatService,
-    ChatStream,
-    config_from_settings,
-    parse_chat_request,
-)
+from tollgate.chat import ChatService, ChatStream, config_from_settings
+from tollgate.chat_request import MAX_BODY_BYTES, parse_chat_request
 from tollgate.completions import (
     CompletionEncoder,
     collect,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,21 @@ from tollgate.pricing import ModelPrice, micros_to_usd
 
 # Budget items outlive their day so the aggregator can reconcile late and backfilled windows.
 BUDGET_RETENTION_DAYS = 35
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Tokens and micro-USD held for one request on its user's budget for its start day."""
+
+    user_id: str
+    day: str
+    request_id: str
+    tokens: int
+    micros: int
+
+    @property
+    def amounts(self) -> tuple[int, int]:
+        return self.tokens, self.micros
 
 
 def utc_day(now: datetime) -> str:

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from tollgate import history, sse
+from tollgate import history, sse, summaries
 from tollgate.budget import (
+    Reservation,
     budget_expires_at,
     iso_z,
     reservation_for,
@@ -30,8 +27,8 @@ from tollgate.budget import (
     usage_view,
     utc_day,
 )
+from tollgate.chat_request import ChatRequest
 from tollgate.errors import (
-    BadRequest,
     BudgetExceeded,
     ConversationLimit,
     DependencyUnavailable,
@@ -62,15 +59,13 @@ from tollgate.ports import (
 )
 from tollgate.pricing import ModelPrice, PriceTable, micros_to_usd
 from tollgate.prompts import PromptLibrary
+from tollgate.request_ids import new_request_id, owns_request
 
-MAX_BODY_BYTES = 64 * 1024
 SETTLE_ATTEMPTS = 4
 # Framing tokens of the messages around the history: system, summary, user.
 PROMPT_FRAMING_TOKENS = 3 * 3 + 3
-SUMMARY_PROMPT_NAME = "summarize"
 # Enough time after the stream's deadline to settle, store and summarise.
 LEASE_MARGIN_S = 30.0
-OWNER_TAG_LENGTH = 8
 RATE_WINDOW_FORMAT = "%Y-%m-%dT%H:%M"
 CANCEL_SIGNAL_TTL_S = 24 * 3600
 
@@ -104,24 +99,6 @@ class _RefusedOnBound(Exception):
     """Refused while the counts were upper bounds (the encoding still loading): recount."""
 
 
-def _owner_tag(user_id: str, nonce: str) -> str:
-    return hashlib.sha256(f"{user_id}\x00{nonce}".encode()).hexdigest()[:OWNER_TAG_LENGTH]
-
-
-def new_request_id(user_id: str) -> str:
-    """An unguessable id that also proves whose it is: a random part and its owner's tag."""
-    nonce = uuid.uuid4().hex
-    return nonce + _owner_tag(user_id, nonce)
-
-
-def owns_request(request_id: str, user_id: str) -> bool:
-    """True for an id this gateway issued to user_id (no lookup: the id carries its owner)."""
-    nonce, tag = request_id[:-OWNER_TAG_LENGTH], request_id[-OWNER_TAG_LENGTH:]
-    if len(nonce) != 32 or not all(c in "0123456789abcdef" for c in request_id):
-        return False
-    return hmac.compare_digest(tag, _owner_tag(user_id, nonce))
-
-
 @dataclass(frozen=True, slots=True)
 class ChatConfig:
     model_chain: tuple[str, ...]
@@ -135,48 +112,6 @@ class ChatConfig:
     openai_timeout_s: float
     cancel_poll_s: float
     rate_limit_per_minute: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    message: str
-    conversation_id: str | None = None
-    prompt: str = "default"
-    max_tokens: int | None = None
-
-
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Validate a POST /chat body (unknown fields are ignored)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
-    if not body.strip():
-        raise BadRequest("request body is empty; send a JSON object")
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest("request body is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
-    message = payload.get("message")
-    if not isinstance(message, str) or not message.strip():
-        raise InvalidRequest("`message` must be a non-empty string")
-    conversation_id = payload.get("conversation_id")
-    if conversation_id is not None and (
-        not isinstance(conversation_id, str) or not conversation_id
-    ):
-        raise InvalidRequest("`conversation_id` must be a non-empty string or null")
-    prompt = payload.get("prompt", "default")
-    if prompt is None:
-        prompt = "default"
-    if not isinstance(prompt, str) or not prompt:
-        raise InvalidRequest("`prompt` must be the name of a prompt")
-    max_tokens = payload.get("max_tokens")
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            raise InvalidRequest("`max_tokens` must be an integer or null")
-        if max_tokens < 1:
-            raise InvalidRequest("`max_tokens` must be at least 1")
-    return ChatRequest(message, conversation_id, prompt, max_tokens)
 
 
 # A turn is stored when its reply is complete or deliberately cut, never half.
@@ -206,19 +141,6 @@ class Outcome:
 
 
 @dataclass(slots=True)
-class _Reservation:
-    user_id: str
-    day: str
-    request_id: str
-    tokens: int
-    micros: int
-
-    @property
-    def amounts(self) -> tuple[int, int]:
-        return self.tokens, self.micros
-
-
-@dataclass(slots=True)
 class _Pending:
     """A request between its checks and its first byte."""
 
@@ -233,7 +155,7 @@ class _Pending:
     record: CostRecord
     # False while the encoding loads: counts are byte bounds, a refusal is retried exactly
     exact: bool = True
-    reservation: _Reservation | None = None
+    reservation: Reservation | None = None
     conversation: ConversationState | None = None
 
 
@@ -464,7 +386,7 @@ class ChatService:
     ) -> ConversationState | None:
         """Reserve the budget (and take the conversation's lease, concurrently) or refuse."""
         tokens, micros = reservation_for(prompt_bound, pending.cap, pending.prices)
-        reservation = _Reservation(
+        reservation = Reservation(
             pending.user_id, utc_day(pending.started_at), pending.request_id, tokens, micros
         )
         started_at = pending.started_at
@@ -496,7 +418,7 @@ class ChatService:
         if failure is None and admitted:
             pending.reservation = reservation
             return conversation
-        await self._undo(reservation if admitted else None, conversation, pending.request_id)
+        await self.give_back(reservation if admitted else None, conversation, pending.request_id)
         if isinstance(failure, RateWindowFull):
             raise RateLimited(
                 f"more than {self.config.rate_limit_per_minute} requests in a minute",
@@ -509,11 +431,11 @@ class ChatService:
             record.outcome = (
                 "conversation_cap" if isinstance(failure, ConversationLimit) else "turn_conflict"
             )
-            self._emit(record, pending.started)
+            self.emit_record(record, pending.started)
         if failure is not None:
             raise failure
         record.outcome = "budget_refused"
-        self._emit(record, pending.started)
+        self.emit_record(record, pending.started)
         raise BudgetExceeded(
             "daily budget exhausted", retry_after=seconds_to_reset(pending.started_at)
         )
@@ -549,19 +471,19 @@ class ChatService:
                 extra=extra,
             )
         except BaseException as error:
-            await self._undo(reservation, conversation, pending.request_id)
+            await self.give_back(reservation, conversation, pending.request_id)
             if isinstance(error, BudgetExceeded) and not pending.exact:
                 raise _RefusedOnBound from error
             if isinstance(error, BudgetExceeded):
                 record.outcome = "budget_refused"
-                self._emit(record, pending.started)
+                self.emit_record(record, pending.started)
             elif isinstance(error, GatewayError) and not isinstance(error, DependencyUnavailable):
                 record.models_tried = list(getattr(error, "models_tried", []))
                 record.outcome = (
                     "upstream_rejected" if isinstance(error, UpstreamRejected) else "upstream_error"
                 )
                 record.error = error.message
-                self._emit(record, pending.started)
+                self.emit_record(record, pending.started)
             raise
 
         upstream_stream, models_tried = opened
@@ -602,9 +524,9 @@ class ChatService:
         reservation.tokens += tokens
         reservation.micros += micros
 
-    async def _undo(
+    async def give_back(
         self,
-        reservation: _Reservation | None,
+        reservation: Reservation | None,
         conversation: ConversationState | None,
         request_id: str,
     ) -> None:
@@ -623,9 +545,41 @@ class ChatService:
             if isinstance(result, Exception):
                 self.recorder.error("release_failed", request_id=request_id, error=repr(result))
 
-    def _emit(self, record: CostRecord, started: float) -> None:
+    def emit_record(self, record: CostRecord, started: float) -> None:
         record.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self.recorder.emit(record)
+
+    async def settle_reservation(
+        self, reservation: Reservation, actual: tuple[int, int]
+    ) -> BudgetCounters | None:
+        """Idempotent settle, retried; if it never lands, the reservation stands."""
+        delay = 0.1
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                counters = await self.usage.settle(
+                    reservation.user_id,
+                    reservation.day,
+                    reservation.request_id,
+                    reservation.amounts,
+                    actual,
+                )
+                return counters
+            except Exception as exc:
+                if attempt == SETTLE_ATTEMPTS - 1:
+                    self.recorder.error(
+                        "settlement_failed",
+                        request_id=reservation.request_id,
+                        user_id=reservation.user_id,
+                        reserved_tokens=reservation.tokens,
+                        reserved_micros=reservation.micros,
+                        actual_tokens=actual[0],
+                        actual_micros=actual[1],
+                        error=repr(exc),
+                    )
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
 
     def _forget(self, request_id: str) -> None:
         self._active.pop(request_id, None)
@@ -638,7 +592,7 @@ class ChatStream:
         service: ChatService,
         user_message: str,
         record: CostRecord,
-        reservation: _Reservation,
+        reservation: Reservation,
         conversation: ConversationState | None,
         upstream: UpstreamStream,
         messages: list[Message],
@@ -828,7 +782,7 @@ class ChatStream:
             )
             stored = False
         counters = settled if isinstance(settled, BudgetCounters) else None
-        service._emit(record, self._started)
+        service.emit_record(record, self._started)
         if plan is not None and stored:
             counters = await self._summarise(plan) or counters
         elif plan is not None:
@@ -855,8 +809,7 @@ class ChatStream:
     async def _settle_budget(self) -> BudgetCounters | None:
         record = self._record
         actual_tokens = record.input_tokens + record.output_tokens
-        return await settle_with_retries(
-            self._service,
+        return await self._service.settle_reservation(
             self._reservation,
             (actual_tokens, record.cost_micros),
         )
@@ -905,7 +858,7 @@ class ChatStream:
         """Fold aged turns into the summary; on any failure the history degrades to a window."""
         service = self._service
         assert self._conversation is not None
-        summary = await summarise(
+        summary = await summaries.summarise(
             service,
             user_id=self.user_id,
             conversation=self._conversation,
@@ -940,135 +893,6 @@ class ChatStream:
         """For the web layer's `finally`: make sure the stream is settled however it ended."""
         self.stop("client_disconnected")
         await self.finish(self._stop_reason or "client_disconnected")
-
-
-async def settle_with_retries(
-    service: ChatService, reservation: _Reservation, actual: tuple[int, int]
-) -> BudgetCounters | None:
-    """Idempotent settle, retried; if it never lands the reservation stands (never under-charge)."""
-    delay = 0.1
-    for attempt in range(SETTLE_ATTEMPTS):
-        try:
-            counters = await service.usage.settle(
-                reservation.user_id,
-                reservation.day,
-                reservation.request_id,
-                reservation.amounts,
-                actual,
-            )
-            return counters
-        except Exception as exc:
-            if attempt == SETTLE_ATTEMPTS - 1:
-                service.recorder.error(
-                    "settlement_failed",
-                    request_id=reservation.request_id,
-                    user_id=reservation.user_id,
-                    reserved_tokens=reservation.tokens,
-                    reserved_micros=reservation.micros,
-                    actual_tokens=actual[0],
-                    actual_micros=actual[1],
-                    error=repr(exc),
-                )
-                return None
-            await asyncio.sleep(delay)
-            delay *= 2
-    return None
-
-
-async def summarise(
-    service: ChatService,
-    *,
-    user_id: str,
-    conversation: ConversationState,
-    plan: history.SummaryPlan,
-    parent_request_id: str,
-    deadline: float,
-) -> tuple[str, int, int, BudgetCounters | None] | None:
-    """One summary call, reserved and charged like a chat call, with its own cost record."""
-    config = service.config
-    model = config.summary_model
-    started_at = service.clock()
-    started = time.monotonic()
-    request_id = f"{parent_request_id}-summary"
-    messages = history.summary_request_messages(
-        service.prompts.summary, conversation.summary, plan.fold
-    )
-    prompt_tokens = service.tokens.count_messages(model, messages)
-    cap = history.summary_max_tokens(config.history_token_target)
-    price = service.prices.price(model)
-    tokens, micros = reservation_for(prompt_tokens, cap, [price])
-    reservation = _Reservation(user_id, utc_day(started_at), request_id, tokens, micros)
-    record = CostRecord(
-        request_id=request_id,
-        user_id=user_id,
-        conversation_id=conversation.conversation_id,
-        model=model,
-        kind="summary",
-        prompt=SUMMARY_PROMPT_NAME,
-        started_at=iso_z(started_at),
-    )
-    try:
-        admitted = await service.usage.reserve(
-            user_id,
-            reservation.day,
-            request_id,
-            tokens,
-            micros,
-            config.limits,
-            budget_expires_at(reservation.day),
-        )
-    except Exception as exc:
-        service.recorder.warning("summary_skipped", request_id=request_id, error=repr(exc))
-        return None
-    if admitted is None:
-        record.outcome = "budget_refused"
-        service._emit(record, started)
-        return None
-    parts: list[str] = []
-    stream: UpstreamStream | None = None
-    try:
-        stream, tried = await service.upstream.open_stream(
-            [model], messages, max_tokens=cap, deadline=deadline
-        )
-        record.models_tried = tried
-        async for text in stream.deltas():
-            if record.ttft_ms is None:
-                record.ttft_ms = round((time.monotonic() - started) * 1000, 1)
-            parts.append(text)
-    except Exception as exc:
-        record.outcome = "upstream_error"
-        record.error = str(exc)[:500]
-    finally:
-        if stream is not None:
-            await asyncio.shield(stream.aclose())
-    if stream is None:
-        await service._undo(reservation, None, request_id)
-        record.models_tried = record.models_tried or [model]
-        service._emit(record, started)
-        return None
-    record.upstream_model = stream.upstream_model
-    text = "".join(parts)
-    if stream.usage is not None:
-        record.input_tokens = stream.usage.input_tokens
-        record.cached_input_tokens = stream.usage.cached_input_tokens
-        record.output_tokens = stream.usage.output_tokens
-    else:
-        record.usage_source = "estimated"
-        record.input_tokens = prompt_tokens
-        record.output_tokens = service.tokens.count_text(model, text) if text else 0
-    record.cost_micros = service.prices.price(record.upstream_model or model).cost_micros(
-        record.input_tokens, record.cached_input_tokens, record.output_tokens
-    )
-    charged_tokens = record.input_tokens + record.output_tokens
-    counters = await settle_with_retries(service, reservation, (charged_tokens, record.cost_micros))
-    service._emit(record, started)
-    if record.outcome != "completed" or not text.strip():
-        return None
-    text = text.strip()
-    summary_tokens = history.summary_history_tokens(
-        lambda summary_messages: service.tokens.count_messages(model, summary_messages), text
-    )
-    return text, summary_tokens, charged_tokens, counters
 
 
 def conversation_json(view: ConversationView) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate import sse
-from tollgate.chat import MAX_BODY_BYTES, ChatStream, Outcome
+from tollgate.chat import ChatStream, Outcome
+from tollgate.chat_request import MAX_BODY_BYTES
 from tollgate.errors import BadRequest, GatewayError, TooLarge
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})

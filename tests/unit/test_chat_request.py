@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tollgate.chat import ChatRequest, parse_chat_request
+from tollgate.chat_request import ChatRequest, parse_chat_request
 from tollgate.errors import BadRequest, GatewayError, InvalidRequest, TooLarge
 
 KB = 1024

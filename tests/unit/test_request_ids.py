@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollgate.chat import new_request_id, owns_request
+from tollgate.request_ids import new_request_id, owns_request
 
 
 def test_an_id_belongs_to_the_user_it_was_issued_to_only() -> None:
