@@ -114,6 +114,8 @@ class CostRecorder:
         self.logger = logger or build_logger(stream)
 
     def emit(self, record: CostRecord) -> None:
+        if record.outcome not in OUTCOMES:
+            raise ValueError(f"outcome {record.outcome!r} is not one of the documented outcomes")
         self.logger.info("cost_record", extra=record.fields())
         for blob in metric_blobs(record):
             print(json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout)

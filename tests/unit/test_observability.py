@@ -282,3 +282,13 @@ def test_build_logger_is_the_service_logger_keeping_cost_nulls() -> None:
     # Then it logs as the tollgate service with the formatter that keeps cost-record nulls
     assert logger.service == "tollgate"
     assert isinstance(logger.registered_formatter, observability._KeepCostFieldNulls)
+
+
+def test_an_undocumented_outcome_is_refused_before_anything_is_written() -> None:
+    stream = io.StringIO()
+    recorder = CostRecorder(logger=fresh_logger(stream), stream=stream)
+
+    with pytest.raises(ValueError, match="documented outcomes"):
+        recorder.emit(make_record(outcome="exploded"))
+
+    assert stream.getvalue() == ""
