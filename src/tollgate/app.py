@@ -86,9 +86,10 @@ class SSEResponse:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
-            await frames.aclose()
-            # An await here after a disconnect is cancelled too unless shielded.
+            # Settle first, shielded: an await here after a disconnect is cancelled too, and
+            # the settlement must still run to its end.
             await asyncio.shield(stream.aclose())
+            await frames.aclose()
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
