@@ -753,7 +753,7 @@ class ChatStream:
                 model, self._messages
             )
             record.output_tokens = service.tokens.count_text(model, reply) if reply else 0
-        price = service.prices.price(record.upstream_model or model)
+        price = service.prices.price_for(record.upstream_model, model)
         record.cost_micros = price.cost_micros(
             record.input_tokens, record.cached_input_tokens, record.output_tokens
         )

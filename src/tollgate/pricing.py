@@ -69,6 +69,13 @@ class PriceTable:
             raise UnknownModelPrice(f"no price for model {model!r} in the price table")
         return self.prices[base]
 
+    def price_for(self, reported: str | None, configured: str) -> ModelPrice:
+        """By the model upstream reports; by the configured name when that one is unknown
+        (a stand-in server may report anything): a request is never priced at $0."""
+        if reported is not None and self.base_model(reported) is not None:
+            return self.price(reported)
+        return self.price(configured)
+
     def require(self, models: list[str] | tuple[str, ...]) -> None:
         missing = [model for model in models if self.base_model(model) is None]
         if missing:

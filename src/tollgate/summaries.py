@@ -98,7 +98,7 @@ async def summarise(
         record.usage_source = "estimated"
         record.input_tokens = prompt_tokens
         record.output_tokens = service.tokens.count_text(model, text) if text else 0
-    record.cost_micros = service.prices.price(record.upstream_model or model).cost_micros(
+    record.cost_micros = service.prices.price_for(record.upstream_model, model).cost_micros(
         record.input_tokens, record.cached_input_tokens, record.output_tokens
     )
     charged_tokens = record.input_tokens + record.output_tokens

@@ -223,3 +223,11 @@ def test_custom_table_without_cached_price_bills_cached_at_input(tmp_path: Path)
 )
 def test_micros_to_usd_rounds_to_six_decimals(micros: int, usd: float) -> None:
     assert micros_to_usd(micros) == usd
+
+
+def test_an_unknown_reported_model_is_priced_as_the_configured_one() -> None:
+    table = PriceTable.load()
+
+    assert table.price_for("gpt-4o-2024-08-06", "gpt-4o-mini") == table.price("gpt-4o")
+    assert table.price_for("some-local-model", "gpt-4o-mini") == table.price("gpt-4o-mini")
+    assert table.price_for(None, "gpt-4o") == table.price("gpt-4o")

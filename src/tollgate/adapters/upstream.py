@@ -243,9 +243,10 @@ class OpenAIUpstream:
         timeout = min(self._attempt_timeout_s, remaining)
         # model and stream are the SDK's to set: extra_body would override them
         body = {k: v for k, v in (extra or {}).items() if k not in ("model", "stream")}
+        # `max_tokens` (not its newer alias) is the cap every OpenAI-compatible server honours.
         body.update(
             messages=messages,
-            max_completion_tokens=max_tokens,
+            max_tokens=max_tokens,
             stream_options={"include_usage": True},
         )
         # `messages=[]` is replaced by extra_body's: the SDK's per-request transform of the
