@@ -71,7 +71,7 @@ class SSEResponse:
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"content-type", b"text/event-stream"),  # SSE is UTF-8 by definition
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
                     (b"x-request-id", stream.request_id.encode()),
