@@ -324,7 +324,16 @@ class LocalRunner:
             f"  Model:    {model}",
         ]
         if self.env.get("AUTH_MODE") == "iam":
-            lines.append("  AUTH_MODE=iam: send the end user in X-End-User-Id; no token needed.")
+            # Behind the function URL the Web Adapter adds the IAM request context; locally
+            # the caller plays that part.
+            context = '{"authorizer": {"iam": {"userArn": "arn:aws:iam::000000000000:user/local"}}}'
+            lines += [
+                "  AUTH_MODE=iam: send the end user in X-End-User-Id, and the IAM request",
+                "  context the Web Adapter would add in x-amzn-request-context. Try:",
+                f"curl -N {base_url}/chat -H 'X-End-User-Id: {DEV_USER}' "
+                f"-H 'x-amzn-request-context: {context}' "
+                "-H 'Content-Type: application/json' -d '{\"message\": \"Hello\"}'",
+            ]
         else:
             token = development_token(
                 self.env["JWT_SECRET"],
