@@ -21,6 +21,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from tollgate.budget import iso_z
+
 MICROS_PER_USD = 1_000_000
 COST_RECORD_MESSAGE = "cost_record"
 # Bucket name for records whose model or prompt is null (e.g. refused before a model was chosen).
@@ -42,10 +44,6 @@ def parse_iso(text: str) -> datetime:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def to_ms(moment: datetime) -> int:
@@ -357,8 +355,8 @@ class Rollup:
     def summary(self, top_users: int = TOP_USERS) -> dict[str, Any]:
         """DESIGN.md's window summary, with dollars rounded to 6 decimals."""
         return {
-            "start": iso(self.window.start),
-            "end": iso(self.window.end),
+            "start": iso_z(self.window.start),
+            "end": iso_z(self.window.end),
             **self.totals.summary(),
             "by_model": {name: c.summary() for name, c in sorted(self.by_model.items())},
             "by_outcome": dict(sorted(self.by_outcome.items())),

@@ -197,6 +197,8 @@ def test_dynamodb_outage_fails_closed_within_seconds(gateway_factory, offline_mo
 
     from tests.servers import free_port
     from tollgate.adapters.aws import dynamodb_config
+    from tollgate.adapters.conversation_store import DynamoConversationStore
+    from tollgate.adapters.usage_store import DynamoUsageStore
 
     dead = boto3.client(
         "dynamodb",
@@ -205,8 +207,10 @@ def test_dynamodb_outage_fails_closed_within_seconds(gateway_factory, offline_mo
     )
     with gateway_factory() as gateway:
         service = gateway.service
-        service.usage._client = dead
-        service.conversations._client = dead
+        service.usage = DynamoUsageStore(gateway.settings.usage_table, dead)
+        service.conversations = DynamoConversationStore(
+            gateway.settings.conversations_table, dead, ttl_days=30
+        )
         started = time.monotonic()
         response = gateway.chat("Hello")
         elapsed = time.monotonic() - started

@@ -24,7 +24,8 @@ import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from tollgate.adapters.cost_logs import aws_batch_config
-from tollgate.rollups import Counts, Rollup, UserTotal, Window, iso, parse_iso, to_ms
+from tollgate.budget import iso_z
+from tollgate.rollups import Counts, Rollup, UserTotal, Window, parse_iso, to_ms
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -50,7 +51,7 @@ def dynamodb_client() -> DynamoDBClient:
 
 
 def window_key(window: Window) -> dict[str, AttributeValueTypeDef]:
-    return {"pk": {"S": f"HOUR#{iso(window.start)}"}, "sk": {"S": ROLLUP_SK}}
+    return {"pk": {"S": f"HOUR#{iso_z(window.start)}"}, "sk": {"S": ROLLUP_SK}}
 
 
 def day_key(day: str) -> dict[str, AttributeValueTypeDef]:
@@ -79,8 +80,8 @@ def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
     """The rollup as plain attributes (integers, maps, lists) for an item."""
     ranked = rollup.top_users(MAX_USERS_PER_ITEM if keep_users else TOP_USERS_PER_ITEM)
     attributes: dict[str, Any] = {
-        "start": iso(rollup.window.start),
-        "end": iso(rollup.window.end),
+        "start": iso_z(rollup.window.start),
+        "end": iso_z(rollup.window.end),
         **_counts_attrs(rollup.totals),
         "by_model": {k: _counts_attrs(v) for k, v in rollup.by_model.items()},
         "by_outcome": dict(rollup.by_outcome),

@@ -51,12 +51,14 @@ def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
 
-class DynamoUsageStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+class _Table:
+    """One table's calls, off the event loop, with outages mapped to DependencyUnavailable."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient | None) -> None:
         self._table = table_name
         self._client = client or dynamodb_client()
 
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         method = getattr(self._client, operation)
         try:
             response: dict[str, Any] = await run_blocking(method, TableName=self._table, **kwargs)
@@ -68,6 +70,11 @@ class DynamoUsageStore:
                 raise unavailable from exc
             raise
         return response
+
+
+class DynamoUsageStore:
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self._table = _Table(table_name, client)
 
     async def reserve(
         self,
@@ -113,7 +120,7 @@ class DynamoUsageStore:
             update = update.replace("#rc :c ", "#rc :c, #rate :one ") + " REMOVE #previous"
             condition += " AND (attribute_not_exists(#rate) OR #rate < :rate_max)"
         try:
-            response = await self._call(
+            response = await self._table.call(
                 "update_item",
                 Key=budget_key(user_id, day),
                 UpdateExpression=update,
@@ -146,7 +153,7 @@ class DynamoUsageStore:
         reserved_tokens, reserved_micros = reserved
         actual_tokens, actual_micros = actual
         try:
-            response = await self._call(
+            response = await self._table.call(
                 "update_item",
                 Key=budget_key(user_id, day),
                 UpdateExpression=(
@@ -180,7 +187,7 @@ class DynamoUsageStore:
         """Give back a reservation whose request never reached upstream."""
         reserved_tokens, reserved_micros = reserved
         try:
-            await self._call(
+            await self._table.call(
                 "update_item",
                 Key=budget_key(user_id, day),
                 UpdateExpression=(
@@ -204,7 +211,9 @@ class DynamoUsageStore:
                 raise
 
     async def counters(self, user_id: str, day: str) -> BudgetCounters:
-        response = await self._call("get_item", Key=budget_key(user_id, day), ConsistentRead=True)
+        response = await self._table.call(
+            "get_item", Key=budget_key(user_id, day), ConsistentRead=True
+        )
         return _counters(day, response.get("Item"))
 
 
@@ -212,10 +221,10 @@ class DynamoRequestRegistry:
     """`REQ#<id>` items in the usage table, written only when a cancel is asked for."""
 
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self._store = DynamoUsageStore(table_name, client)
+        self._table = _Table(table_name, client)
 
     async def signal_cancel(self, request_id: str, expires_at: int) -> None:
-        await self._store._call(
+        await self._table.call(
             "put_item",
             Item={
                 **request_key(request_id),
@@ -225,7 +234,7 @@ class DynamoRequestRegistry:
         )
 
     async def is_cancelled(self, request_id: str) -> bool:
-        response = await self._store._call(
+        response = await self._table.call(
             "get_item",
             Key=request_key(request_id),
             ConsistentRead=True,
