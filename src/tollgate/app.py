@@ -22,19 +22,24 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tollgate.auth import Authenticator, JwtConfig
-from tollgate.chat import ChatService, ChatStream, config_from_settings
-from tollgate.chat_request import MAX_BODY_BYTES, parse_chat_request
-from tollgate.completions import (
-    CompletionEncoder,
-    collect,
-    completion_body,
-    openai_error_body,
-    parse_completion_request,
-)
-from tollgate.errors import GatewayError, TooLarge
+from tollgate.budget import Payer
+from tollgate.chat import ChatService, config_from_settings
+from tollgate.errors import GatewayError
 from tollgate.observability import CostRecorder
 from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
 from tollgate.settings import Settings, get_settings
+from tollgate.stream import ChatStream
+from tollgate.wire.body import MAX_BODY_BYTES, body_too_large
+from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
+from tollgate.wire.openai import (
+    CompletionEncoder,
+    collect,
+    completion_body,
+    failure_body,
+    failure_status,
+    openai_error_body,
+    parse_completion_request,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "data" / "openapi.json"
@@ -49,7 +54,7 @@ class Dependencies:
 
 def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(
-        {"error": {"code": error.code, "message": error.message}},
+        {"error": {"code": error.code, "message": error.message, **error.details()}},
         status_code=error.status,
         headers=error.headers(),
     )
@@ -62,7 +67,7 @@ class SSEResponse:
         self, stream: ChatStream, frames: AsyncGenerator[bytes, None] | None = None
     ) -> None:
         self._stream = stream
-        self._frames = frames if frames is not None else stream.frames()
+        self._frames = frames if frames is not None else chat_frames(stream)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream
@@ -102,12 +107,12 @@ class SSEResponse:
 async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+        raise body_too_large()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
+            raise body_too_large()
     return bytes(body)
 
 
@@ -116,51 +121,57 @@ def deps(request: Request) -> Dependencies:
     return dependencies
 
 
-async def authenticate(request: Request) -> str:
+async def authenticate(request: Request) -> Payer:
     authenticator = deps(request).authenticator
     if authenticator.may_block:
-        return await run_in_threadpool(authenticator.user_id, request.headers)
-    return authenticator.user_id(request.headers)
+        user_id = await run_in_threadpool(authenticator.user_id, request.headers)
+    else:
+        user_id = authenticator.user_id(request.headers)
+    return Payer(user_id)
 
 
 def authenticated(
-    handler: Callable[[Request, str], Awaitable[Response | SSEResponse]],
+    handler: Callable[[Request, Payer], Awaitable[Response | SSEResponse]],
 ) -> Callable[[Request], Awaitable[Any]]:
     async def endpoint(request: Request) -> Any:
-        user_id = await authenticate(request)
-        return await handler(request, user_id)
+        payer = await authenticate(request)
+        return await handler(request, payer)
 
     endpoint.__name__ = handler.__name__
     return endpoint
 
 
 @authenticated
-async def post_chat(request: Request, user_id: str) -> SSEResponse:
+async def post_chat(request: Request, payer: Payer) -> SSEResponse:
     chat_request = parse_chat_request(await read_body(request))
-    stream = await deps(request).service.start(user_id, chat_request)
+    stream = await deps(request).service.start(payer, chat_request)
     return SSEResponse(stream)
 
 
 @authenticated
-async def cancel_chat(request: Request, user_id: str) -> Response:
-    await deps(request).service.cancel(user_id, request.path_params["request_id"])
+async def cancel_chat(request: Request, payer: Payer) -> Response:
+    await deps(request).service.cancel(payer.user_id, request.path_params["request_id"])
     return JSONResponse({"request_id": request.path_params["request_id"]}, status_code=202)
 
 
 @authenticated
-async def get_usage(request: Request, user_id: str) -> Response:
-    return JSONResponse(await deps(request).service.usage_for(user_id))
+async def get_usage(request: Request, payer: Payer) -> Response:
+    return JSONResponse(usage_json(payer.plan, await deps(request).service.balances(payer)))
 
 
 @authenticated
-async def get_conversation(request: Request, user_id: str) -> Response:
-    body = await deps(request).service.conversation(user_id, request.path_params["conversation_id"])
-    return JSONResponse(body)
+async def get_conversation(request: Request, payer: Payer) -> Response:
+    view = await deps(request).service.conversation(
+        payer.user_id, request.path_params["conversation_id"]
+    )
+    return JSONResponse(conversation_json(view))
 
 
 @authenticated
-async def delete_conversation(request: Request, user_id: str) -> Response:
-    await deps(request).service.delete_conversation(user_id, request.path_params["conversation_id"])
+async def delete_conversation(request: Request, payer: Payer) -> Response:
+    await deps(request).service.delete_conversation(
+        payer.user_id, request.path_params["conversation_id"]
+    )
     return Response(status_code=204)
 
 
@@ -172,10 +183,10 @@ async def post_completions(request: Request) -> Response | SSEResponse:
     """OpenAI-compatible: any OpenAI SDK can point its base_url here; errors in its shape."""
     try:
         dependencies = deps(request)
-        user_id = await authenticate(request)
+        payer = await authenticate(request)
         completion = parse_completion_request(await read_body(request))
         stream = await dependencies.service.start_completion(
-            user_id,
+            payer,
             completion.messages,
             model=completion.model,
             max_tokens=completion.max_tokens,
@@ -193,9 +204,9 @@ async def post_completions(request: Request) -> Response | SSEResponse:
     headers = {"x-request-id": stream.request_id}
     if failure is not None:
         code, message = failure
-        status = 504 if code == "timeout" else 502
-        body = {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(
+            failure_body(code, message), status_code=failure_status(code), headers=headers
+        )
     return JSONResponse(completion_body(stream, outcome), headers=headers)
 
 
@@ -326,6 +337,9 @@ def build_dependencies(
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
         recorder=recorder or CostRecorder(),
         **({"clock": clock} if clock else {}),
+        # The encodings (~0.3 s of CPU) load on first need, in a thread, after the first
+        # reply streamed: a cold instance's first requests reserve byte bounds instead.
+        lazy_encoding=True,
     )
     authenticator = Authenticator(
         settings.auth_mode,
@@ -350,9 +364,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.deps = resolved
-        # The encoding (~0.3 s of CPU) loads on first need, in a thread, after the first
-        # reply streamed: a cold instance's first requests reserve byte bounds instead.
-        resolved.service.lazy_encoding = True
         yield
 
     middleware = []

@@ -17,6 +17,10 @@ class GatewayError(Exception):
             return {}
         return {"Retry-After": str(max(0, int(self.retry_after)))}
 
+    def details(self) -> dict[str, str]:
+        """Fields the error body carries beside `code` and `message`."""
+        return {}
+
 
 class BadRequest(GatewayError):
     status, code = 400, "bad_request"
@@ -26,8 +30,10 @@ class Unauthenticated(GatewayError):
     status, code = 401, "unauthenticated"
 
 
-class Forbidden(GatewayError):
-    status, code = 403, "forbidden"
+class UnknownPlan(GatewayError):
+    """The caller's plan claim names a plan that BUDGETS does not define."""
+
+    status, code = 403, "unknown_plan"
 
 
 class NotFound(GatewayError):
@@ -60,6 +66,16 @@ class InvalidRequest(GatewayError):
 class BudgetExceeded(GatewayError):
     status, code = 429, "budget_exceeded"
 
+    def __init__(
+        self, message: str, *, retry_after: int, scope: str = "user", window: str = "day"
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.scope = scope
+        self.window = window
+
+    def details(self) -> dict[str, str]:
+        return {"scope": self.scope, "window": self.window}
+
     def headers(self) -> dict[str, str]:
         # OpenAI SDKs obey this instead of retrying a refusal that lasts until midnight.
         return {**super().headers(), "x-should-retry": "false"}
@@ -85,7 +101,3 @@ class DependencyUnavailable(GatewayError):
     """DynamoDB (or another AWS dependency) is down or throttling: fail closed."""
 
     status, code = 503, "dependency_unavailable"
-
-
-class SettlementFailed(Exception):
-    """Settling a reservation could not be written; the reservation stands."""

@@ -5,29 +5,58 @@ Each has one real adapter (tollgate.adapters) and fakes in the tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-Clock = Callable[[], datetime]
 Message = dict[str, Any]
 
 
 # ---------------------------------------------------------------- budgets
 
+Scope = Literal["user", "team", "global"]
+Window = Literal["day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """Tokens (input + output) and micro-USD: what a request holds or is charged."""
+
+    tokens: int
+    micros: int
+
+    def __add__(self, other: Amount) -> Amount:
+        return Amount(self.tokens + other.tokens, self.micros + other.micros)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    tokens: int
+    """A window's limits; None means no limit in that unit."""
+
+    tokens: int | None
     cost_micros: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetCounters:
-    """A user's counters for one UTC day; `tokens`/`cost_micros` include open reservations."""
+class Account:
+    """One budget counter: a scope's owner over one window, e.g. a user's day or a team's month.
 
-    day: str
+    `owner` is the user id, the team id, or the global scope's shard number.
+    `period` is the window's UTC date (yyyy-mm-dd) or month (yyyy-mm).
+    """
+
+    scope: Scope
+    owner: str
+    window: Window
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCounters:
+    """An account's counters; `tokens`/`cost_micros` include open reservations."""
+
+    period: str
     tokens: int = 0
     cost_micros: int = 0
     reserved_tokens: int = 0
@@ -37,7 +66,7 @@ class BudgetCounters:
 
 @dataclass(frozen=True, slots=True)
 class RateWindow:
-    """The user's per-minute request count, kept on the same item as the budget."""
+    """The user's per-minute request count, kept on the same item as the user's day budget."""
 
     window: str  # yyyy-mm-ddThh:mm (UTC)
     previous: str  # the minute before, whose count can be dropped
@@ -49,39 +78,36 @@ class RateWindowFull(Exception):
 
 
 class UsageStore(Protocol):
+    """Budget counters. Every write is idempotent, because a client library may retry it."""
+
     async def reserve(
         self,
-        user_id: str,
-        day: str,
+        account: Account,
         request_id: str,
-        tokens: int,
-        micros: int,
+        hold: Amount,
         limits: Limits,
         expires_at: int,
+        *,
+        previous: Amount | None = None,
         rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
-        """Add a reservation unless it would pass a limit (then None). Adds to an open one.
+        """Make the request's hold on the account `hold` unless that would pass a limit (None).
 
-        With `rate`, the same update also counts the request in its minute, and raises
-        RateWindowFull instead when the minute is full.
+        `previous` is the hold the caller knows the request already has (None: no hold yet);
+        a larger `hold` then tops it up by the difference. A repeat of a write that already
+        landed finds the hold equal to `hold` and changes nothing. With `rate`, the same
+        write counts the request in its minute, and raises RateWindowFull when that is full.
         """
 
     async def settle(
-        self,
-        user_id: str,
-        day: str,
-        request_id: str,
-        reserved: tuple[int, int],
-        actual: tuple[int, int],
+        self, account: Account, request_id: str, held: Amount, actual: Amount
     ) -> BudgetCounters | None:
-        """Replace the reservation by the actual charge. Idempotent: None if already settled."""
+        """Replace the request's hold by its actual charge. None if no hold (settled already)."""
 
-    async def release(
-        self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]
-    ) -> None:
-        """Drop a reservation that was never used (refused before upstream was called)."""
+    async def release(self, account: Account, request_id: str, held: Amount) -> None:
+        """Drop the request's hold without a charge (idempotent)."""
 
-    async def counters(self, user_id: str, day: str) -> BudgetCounters: ...
+    async def counters(self, account: Account) -> BudgetCounters: ...
 
 
 class RequestRegistry(Protocol):
@@ -231,3 +257,18 @@ class Upstream(Protocol):
         UpstreamUnavailable (every model failed) — each carrying `models_tried`.
         `deadline` is a time.monotonic() value.
         """
+
+
+# ---------------------------------------------------------------- tokens
+
+
+class TokenCounter(Protocol):
+    """tiktoken's counts per model, each model's encoding loaded on first use."""
+
+    def is_loaded(self, model: str) -> bool: ...
+
+    def encoding_name(self, model: str) -> str: ...
+
+    def count_text(self, model: str, text: str) -> int: ...
+
+    def count_messages(self, model: str, messages: Iterable[Mapping[str, object]]) -> int: ...

@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tollgate.budget import DEFAULT_PLAN, Budgets, WindowLimits
+from tollgate.ports import Limits
+
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -36,6 +39,10 @@ class Settings(BaseSettings):
     max_input_tokens: int = Field(default=8000, ge=1)
     daily_token_limit: int = Field(default=50_000, ge=0)
     daily_cost_limit_usd: float | None = Field(default=None, ge=0)
+    # JSON: plans (per-user limits), team and global limits by day and month (tollgate.budget)
+    budgets: str | None = None
+    plan_claim: str = Field(default="plan", min_length=1)
+    team_claim: str = Field(default="team", min_length=1)
     conversation_token_limit: int = Field(default=200_000, ge=1)
     history_token_target: int = Field(default=4000, ge=1)
 
@@ -73,11 +80,20 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if not self.model_chain:
             raise ValueError("MODEL_CHAIN must name at least one model")
+        if self.budgets:
+            self.budget_config  # noqa: B018 -- a malformed BUDGETS fails start-up, with its reason
         if self.auth_mode == "jwt" and not (
             self.jwt_secret or self.jwt_secret_arn or self.jwks_url
         ):
             raise ValueError("AUTH_MODE=jwt needs JWT_SECRET, JWT_SECRET_ARN or JWKS_URL")
         return self
+
+    @property
+    def budget_config(self) -> Budgets:
+        default_day = Limits(self.daily_token_limit, self.daily_cost_limit_micros)
+        if not self.budgets:
+            return Budgets(plans={DEFAULT_PLAN: WindowLimits(day=default_day)})
+        return Budgets.parse(self.budgets, default_day)
 
     @property
     def daily_cost_limit_micros(self) -> int | None:

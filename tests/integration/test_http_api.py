@@ -98,7 +98,17 @@ def test_usage_for_a_new_user_is_zeros_not_404(gateway) -> None:
         "cost_remaining_usd",
         "cost_limit_usd",
         "resets_at",
+        "plan",
+        "budgets",
     }
+    assert usage["plan"] == "default"
+    assert usage["budgets"] == [
+        {
+            "scope": "user",
+            "window": "day",
+            **{k: v for k, v in usage.items() if k not in {"day", "plan", "budgets"}},
+        }
+    ]
 
 
 def test_health_and_unknown_routes(gateway) -> None:

@@ -12,11 +12,11 @@ from tollgate.budget import (
     next_reset,
     reservation_for,
     seconds_to_reset,
-    usage_view,
     utc_day,
 )
 from tollgate.ports import BudgetCounters, Limits
 from tollgate.pricing import price_table
+from tollgate.wire.chat import usage_view
 
 USAGE_FIELDS = {
     "day",
@@ -152,7 +152,7 @@ def test_reservation_for_cheap_single_model_rounds_up() -> None:
 
 def test_usage_view_without_dollar_limit_has_null_cost_limit_fields() -> None:
     # Given a user with some usage and no dollar limit
-    counters = BudgetCounters(day="2026-03-01", tokens=1200, cost_micros=1_234)
+    counters = BudgetCounters(period="2026-03-01", tokens=1200, cost_micros=1_234)
     limits = Limits(tokens=50_000, cost_micros=None)
     # When viewing usage
     view = usage_view(counters, limits, datetime(2026, 3, 1, 15, tzinfo=UTC))
@@ -172,7 +172,7 @@ def test_usage_view_without_dollar_limit_has_null_cost_limit_fields() -> None:
 
 def test_usage_view_with_dollar_limit() -> None:
     # Given a $1 daily limit and $0.25 used
-    counters = BudgetCounters(day="2026-03-01", tokens=10, cost_micros=250_000)
+    counters = BudgetCounters(period="2026-03-01", tokens=10, cost_micros=250_000)
     limits = Limits(tokens=100, cost_micros=1_000_000)
     # When viewing usage
     view = usage_view(counters, limits, datetime(2026, 3, 1, 1, tzinfo=UTC))
@@ -186,7 +186,7 @@ def test_usage_view_with_dollar_limit() -> None:
 def test_usage_view_for_a_new_user_is_zeros() -> None:
     # Given no requests today
     view = usage_view(
-        BudgetCounters(day="2026-03-01"),
+        BudgetCounters(period="2026-03-01"),
         Limits(tokens=50_000, cost_micros=2_000_000),
         datetime(2026, 3, 1, tzinfo=UTC),
     )
@@ -199,7 +199,7 @@ def test_usage_view_for_a_new_user_is_zeros() -> None:
 
 def test_usage_view_remaining_never_negative() -> None:
     # Given usage over both limits (e.g. a settlement beyond the reservation)
-    counters = BudgetCounters(day="2026-03-01", tokens=60_000, cost_micros=3_000_000)
+    counters = BudgetCounters(period="2026-03-01", tokens=60_000, cost_micros=3_000_000)
     limits = Limits(tokens=50_000, cost_micros=2_000_000)
     # When viewing usage
     view = usage_view(counters, limits, datetime(2026, 3, 1, tzinfo=UTC))
@@ -212,7 +212,7 @@ def test_usage_view_remaining_never_negative() -> None:
 
 def test_usage_view_rounds_dollars_to_six_decimals() -> None:
     # Given micro-USD amounts
-    counters = BudgetCounters(day="2026-03-01", tokens=0, cost_micros=1)
+    counters = BudgetCounters(period="2026-03-01", tokens=0, cost_micros=1)
     limits = Limits(tokens=1, cost_micros=3_333_333)
     view = usage_view(counters, limits, datetime(2026, 3, 1, tzinfo=UTC))
     # Then each dollar field is the micros over 1e6, to 6 decimals
@@ -226,7 +226,7 @@ def test_usage_view_rounds_dollars_to_six_decimals() -> None:
 def test_usage_view_resets_at_uses_now_in_utc() -> None:
     # Given "now" expressed in Tokyo time, 08:00 on the 2nd = 23:00 UTC on the 1st
     view = usage_view(
-        BudgetCounters(day="2026-03-01"),
+        BudgetCounters(period="2026-03-01"),
         Limits(tokens=1, cost_micros=None),
         datetime(2026, 3, 2, 8, tzinfo=TOKYO),
     )

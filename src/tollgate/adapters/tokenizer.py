@@ -97,11 +97,14 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return encoding
 
 
-class TokenCounter:
+class TiktokenCounter:
     """Counts tokens per model, loading each model's encoding on first use."""
 
     def encoding(self, model: str) -> tiktoken.Encoding:
         return get_encoding(encoding_name_for_model(model))
+
+    def encoding_name(self, model: str) -> str:
+        return encoding_name_for_model(model)
 
     def is_loaded(self, model: str) -> bool:
         """Whether counting for this model is ready without loading an encoding first."""
@@ -130,5 +133,5 @@ class TokenCounter:
 
 
 @cache
-def token_counter() -> TokenCounter:
-    return TokenCounter()
+def token_counter() -> TiktokenCounter:
+    return TiktokenCounter()

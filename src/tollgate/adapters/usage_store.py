@@ -1,10 +1,11 @@
-"""DynamoDB: per-user daily budgets and the request registry (cross-instance cancel).
+"""DynamoDB: budget counters (one item per account) and the request registry (cancel signals).
 
-A budget item's `tokens` / `cost_micros` hold settled usage plus open reservations, so
-one conditional UpdateItem can admit a request: `tokens <= limit - reservation`
-(DynamoDB conditions cannot add). Each open reservation is also kept as its own pair
-of attributes (`rt_<request_id>`, `rc_<request_id>`): settling removes them under
-`attribute_exists`, which makes a retried settle a no-op instead of a double charge.
+A budget item's `tokens` / `cost_micros` hold settled usage plus open holds, so one
+conditional UpdateItem can admit a request: `tokens <= limit - hold` (DynamoDB conditions
+cannot add). Each open hold is also kept as its own pair of attributes (`rt_<request_id>`,
+`rc_<request_id>`), written with SET under a condition on their previous value: a write
+that botocore retries after it landed finds the hold already in place and changes nothing;
+settling and releasing remove the pair under the same kind of condition.
 """
 
 from __future__ import annotations
@@ -21,30 +22,42 @@ from tollgate.adapters.aws import (
     item_on_failure,
     run_blocking,
 )
-from tollgate.ports import BudgetCounters, Limits, RateWindow, RateWindowFull
+from tollgate.ports import Account, Amount, BudgetCounters, Limits, RateWindow, RateWindowFull
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _COUNTERS = ("tokens", "cost_micros", "reserved_tokens", "reserved_micros", "requests")
+_SCOPE_PREFIX = {"user": "USER", "team": "TEAM", "global": "GLOBAL"}
+_WINDOW_PREFIX = {"day": "DAY", "month": "MONTH"}
 
 
-def budget_key(user_id: str, day: str) -> dict[str, Any]:
-    return {"pk": {"S": f"USER#{user_id}"}, "sk": {"S": f"DAY#{day}"}}
+def budget_key(account: Account) -> dict[str, Any]:
+    return {
+        "pk": {"S": f"{_SCOPE_PREFIX[account.scope]}#{account.owner}"},
+        "sk": {"S": f"{_WINDOW_PREFIX[account.window]}#{account.period}"},
+    }
 
 
 def request_key(request_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"REQ#{request_id}"}, "sk": {"S": "REQ"}}
 
 
-def _reservation_names(request_id: str) -> dict[str, str]:
+def _hold_names(request_id: str) -> dict[str, str]:
     return {"#rt": f"rt_{request_id}", "#rc": f"rc_{request_id}"}
 
 
-def _counters(day: str, item: dict[str, Any] | None) -> BudgetCounters:
+def _counters(period: str, item: dict[str, Any] | None) -> BudgetCounters:
     item = item or {}
     values = {name: int(item[name]["N"]) for name in _COUNTERS if name in item}
-    return BudgetCounters(day=day, **values)
+    return BudgetCounters(period, **values)
+
+
+def _hold_in(item: dict[str, Any], request_id: str) -> Amount | None:
+    tokens, micros = item.get(f"rt_{request_id}"), item.get(f"rc_{request_id}")
+    if tokens is None or micros is None:
+        return None
+    return Amount(int(tokens["N"]), int(micros["N"]))
 
 
 def _n(value: int) -> dict[str, str]:
@@ -78,53 +91,72 @@ class DynamoUsageStore:
 
     async def reserve(
         self,
-        user_id: str,
-        day: str,
+        account: Account,
         request_id: str,
-        tokens: int,
-        micros: int,
+        hold: Amount,
         limits: Limits,
         expires_at: int,
+        *,
+        previous: Amount | None = None,
         rate: RateWindow | None = None,
     ) -> BudgetCounters | None:
-        if tokens > limits.tokens or (
-            limits.cost_micros is not None and micros > limits.cost_micros
+        before = previous or Amount(0, 0)
+        extra = Amount(hold.tokens - before.tokens, hold.micros - before.micros)
+        if (limits.tokens is not None and extra.tokens > limits.tokens) or (
+            limits.cost_micros is not None and extra.micros > limits.cost_micros
         ):
             return None
-        names = {
-            "#tokens": "tokens",
-            "#cost": "cost_micros",
-            "#day": "day",
-            **_reservation_names(request_id),
-        }
+        names = {"#tokens": "tokens", "#cost": "cost_micros", **_hold_names(request_id)}
         values = {
-            ":t": _n(tokens),
-            ":c": _n(micros),
-            ":tmax": _n(limits.tokens - tokens),
-            ":day": {"S": day},
-            ":user": {"S": user_id},
+            ":dt": _n(extra.tokens),
+            ":dc": _n(extra.micros),
+            ":ht": _n(hold.tokens),
+            ":hc": _n(hold.micros),
+            ":period": {"S": account.period},
+            ":owner": {"S": account.owner},
             ":exp": _n(expires_at),
         }
-        update = (
-            "ADD #tokens :t, #cost :c, reserved_tokens :t, reserved_micros :c, #rt :t, #rc :c "
-            "SET #day = :day, user_id = :user, expires_at = :exp"
-        )
-        condition = "(attribute_not_exists(#tokens) OR #tokens <= :tmax)"
+        sets = [
+            "#rt = :ht",
+            "#rc = :hc",
+            "#period = :period",
+            "#owner = :owner",
+            "expires_at = :exp",
+        ]
+        names.update({"#period": "period", "#owner": "owner"})
+        if account.window == "day":
+            # The by-day index lets the aggregator reconcile a day's settled counters.
+            sets.append("#day = :period")
+            names["#day"] = "day"
+        adds = ["#tokens :dt", "#cost :dc", "reserved_tokens :dt", "reserved_micros :dc"]
+        removes: list[str] = []
+        if previous is None:
+            conditions = ["attribute_not_exists(#rt)"]
+        else:
+            conditions = ["#rt = :pt", "#rc = :pc"]
+            values.update({":pt": _n(previous.tokens), ":pc": _n(previous.micros)})
+        if limits.tokens is not None:
+            conditions.append("(attribute_not_exists(#tokens) OR #tokens <= :tmax)")
+            values[":tmax"] = _n(limits.tokens - extra.tokens)
         if limits.cost_micros is not None:
-            condition += " AND (attribute_not_exists(#cost) OR #cost <= :cmax)"
-            values[":cmax"] = _n(limits.cost_micros - micros)
+            conditions.append("(attribute_not_exists(#cost) OR #cost <= :cmax)")
+            values[":cmax"] = _n(limits.cost_micros - extra.micros)
         if rate is not None:
-            # The minute's count lives on the budget item: one update admits both.
+            # The minute's count lives on the user's day item: one write admits both.
             names.update({"#rate": f"rate_{rate.window}", "#previous": f"rate_{rate.previous}"})
             values.update({":one": _n(1), ":rate_max": _n(rate.limit)})
-            update = update.replace("#rc :c ", "#rc :c, #rate :one ") + " REMOVE #previous"
-            condition += " AND (attribute_not_exists(#rate) OR #rate < :rate_max)"
+            adds.append("#rate :one")
+            removes.append("#previous")
+            conditions.append("(attribute_not_exists(#rate) OR #rate < :rate_max)")
+        update = f"SET {', '.join(sets)} ADD {', '.join(adds)}"
+        if removes:
+            update += f" REMOVE {', '.join(removes)}"
         try:
             response = await self._table.call(
                 "update_item",
-                Key=budget_key(user_id, day),
+                Key=budget_key(account),
                 UpdateExpression=update,
-                ConditionExpression=condition,
+                ConditionExpression=" AND ".join(conditions),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
@@ -134,87 +166,63 @@ class DynamoUsageStore:
             if not is_condition_failure(exc):
                 raise
             old = item_on_failure(exc) or {}
+            if _hold_in(old, request_id) == hold:
+                return _counters(account.period, old)  # a retried write that had landed
             if (
                 rate is not None
                 and int(old.get(f"rate_{rate.window}", {}).get("N", 0)) >= rate.limit
             ):
                 raise RateWindowFull from exc
             return None
-        return _counters(day, response["Attributes"])
+        return _counters(account.period, response["Attributes"])
 
-    async def settle(
-        self,
-        user_id: str,
-        day: str,
-        request_id: str,
-        reserved: tuple[int, int],
-        actual: tuple[int, int],
+    async def _close_hold(
+        self, account: Account, request_id: str, held: Amount, charged: Amount, *, count: bool
     ) -> BudgetCounters | None:
-        reserved_tokens, reserved_micros = reserved
-        actual_tokens, actual_micros = actual
+        """Remove the hold and add the charge in its place, only if the hold is still open."""
+        adds = "ADD #tokens :dt, #cost :dc, reserved_tokens :rt, reserved_micros :rc"
+        values = {
+            ":dt": _n(charged.tokens - held.tokens),
+            ":dc": _n(charged.micros - held.micros),
+            ":rt": _n(-held.tokens),
+            ":rc": _n(-held.micros),
+            ":ht": _n(held.tokens),
+            ":hc": _n(held.micros),
+        }
+        if count:
+            adds += ", requests :one"
+            values[":one"] = _n(1)
         try:
             response = await self._table.call(
                 "update_item",
-                Key=budget_key(user_id, day),
-                UpdateExpression=(
-                    "ADD #tokens :dt, #cost :dc, reserved_tokens :rt, reserved_micros :rc, "
-                    "requests :one REMOVE #rt, #rc"
-                ),
-                ConditionExpression="attribute_exists(#rt)",
+                Key=budget_key(account),
+                UpdateExpression=f"{adds} REMOVE #rt, #rc",
+                ConditionExpression="#rt = :ht AND #rc = :hc",
                 ExpressionAttributeNames={
                     "#tokens": "tokens",
                     "#cost": "cost_micros",
-                    **_reservation_names(request_id),
+                    **_hold_names(request_id),
                 },
-                ExpressionAttributeValues={
-                    ":dt": _n(actual_tokens - reserved_tokens),
-                    ":dc": _n(actual_micros - reserved_micros),
-                    ":rt": _n(-reserved_tokens),
-                    ":rc": _n(-reserved_micros),
-                    ":one": _n(1),
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if is_condition_failure(exc):
-                return None  # settled already: a retry must not count twice
+                return None  # closed already: a retry must not count twice
             raise
-        return _counters(day, response["Attributes"])
+        return _counters(account.period, response["Attributes"])
 
-    async def release(
-        self, user_id: str, day: str, request_id: str, reserved: tuple[int, int]
-    ) -> None:
-        """Give back a reservation whose request never reached upstream."""
-        reserved_tokens, reserved_micros = reserved
-        try:
-            await self._table.call(
-                "update_item",
-                Key=budget_key(user_id, day),
-                UpdateExpression=(
-                    "ADD #tokens :rt, #cost :rc, reserved_tokens :rt, reserved_micros :rc "
-                    "REMOVE #rtr, #rcr"
-                ),
-                ConditionExpression="attribute_exists(#rtr)",
-                ExpressionAttributeNames={
-                    "#tokens": "tokens",
-                    "#cost": "cost_micros",
-                    "#rtr": f"rt_{request_id}",
-                    "#rcr": f"rc_{request_id}",
-                },
-                ExpressionAttributeValues={
-                    ":rt": _n(-reserved_tokens),
-                    ":rc": _n(-reserved_micros),
-                },
-            )
-        except ClientError as exc:
-            if not is_condition_failure(exc):
-                raise
+    async def settle(
+        self, account: Account, request_id: str, held: Amount, actual: Amount
+    ) -> BudgetCounters | None:
+        return await self._close_hold(account, request_id, held, actual, count=True)
 
-    async def counters(self, user_id: str, day: str) -> BudgetCounters:
-        response = await self._table.call(
-            "get_item", Key=budget_key(user_id, day), ConsistentRead=True
-        )
-        return _counters(day, response.get("Item"))
+    async def release(self, account: Account, request_id: str, held: Amount) -> None:
+        await self._close_hold(account, request_id, held, Amount(0, 0), count=False)
+
+    async def counters(self, account: Account) -> BudgetCounters:
+        response = await self._table.call("get_item", Key=budget_key(account), ConsistentRead=True)
+        return _counters(account.period, response.get("Item"))
 
 
 class DynamoRequestRegistry:

@@ -19,7 +19,3 @@ def event(name: str, data: Any) -> bytes:
 
 def delta(text: str) -> bytes:
     return f'data: {{"delta": {json.dumps(text)}}}\n\n'.encode()
-
-
-def data(payload: Any) -> bytes:
-    return f"data: {_dumps(payload)}\n\n".encode()

@@ -12,10 +12,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tollgate import sse
-from tollgate.chat import ChatStream, Outcome
-from tollgate.chat_request import MAX_BODY_BYTES
-from tollgate.errors import BadRequest, GatewayError, TooLarge
+from tollgate.errors import BadRequest, GatewayError
+from tollgate.stream import ChatStream, Outcome
+from tollgate.wire import sse
+from tollgate.wire.body import json_object
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
 # Sampling and format parameters forwarded to upstream as they are.
@@ -94,8 +94,18 @@ def openai_error_body(error: GatewayError) -> dict[str, Any]:
             "type": error_type,
             "code": error.code,
             "param": getattr(error, "param", None),
+            **error.details(),
         }
     }
+
+
+def failure_body(code: str, message: str) -> dict[str, Any]:
+    """A stream that failed after it started (timeout, upstream cut), in OpenAI's shape."""
+    return {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
+
+
+def failure_status(code: str) -> int:
+    return 504 if code == "timeout" else 502
 
 
 def _message_text(index: int, content: Any) -> str:
@@ -151,14 +161,7 @@ def _positive_int(payload: dict[str, Any], name: str) -> int | None:
 
 
 def parse_completion_request(body: bytes) -> CompletionRequest:
-    if len(body) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is over {MAX_BODY_BYTES // 1024} KB")
-    try:
-        payload = json.loads(body) if body.strip() else None
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest("request body is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
+    payload = json_object(body)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidParameter("model", "`model` must be a string")
@@ -274,10 +277,7 @@ class CompletionEncoder:
         if self._include_usage:
             yield self._chunk([], usage=_usage(outcome))
         if failure is not None:
-            code, message = failure
-            yield _frame(
-                {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
-            )
+            yield _frame(failure_body(*failure))
         yield sse.DONE
 
 
