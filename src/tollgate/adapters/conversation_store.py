@@ -434,8 +434,24 @@ class DynamoConversationStore:
             if not _cancelled_by_condition(exc):
                 # a TransactionConflict with a concurrent write, or throttling: retry shortly
                 raise DependencyUnavailable("the database is busy", retry_after=1) from exc
-            return False
+            # botocore resends a transaction whose answer was lost. DynamoDB answers the resend
+            # from its ClientRequestToken (botocore keeps it across retries); a server that does
+            # not (moto: the local run) refuses it on the conditions our first try changed.
+            # The turn item says whether this request's commit landed.
+            return await self._committed_by(state.conversation_id, turn.turn, request_id)
         return True
+
+    async def _committed_by(self, conversation_id: str, turn: int, request_id: str) -> bool:
+        response = await self._call(
+            lambda: self._client.get_item(
+                TableName=self._table,
+                Key=self._key(conversation_id, _turn_key(turn)),
+                ConsistentRead=True,
+                ProjectionExpression="request_id",
+            )
+        )
+        item = response.get("Item")
+        return item is not None and _str(item, "request_id") == request_id
 
     def _new_meta(
         self,
