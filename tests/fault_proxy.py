@@ -77,6 +77,8 @@ class FaultProxy:
     _drops: Counter[str] = field(default_factory=Counter)
     _forwarded: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: int = 0
+    max_in_flight: int = 0  # the most requests held, slowed or forwarded at one time
     url: str = ""
 
     def pause(self, seconds: float) -> None:
@@ -115,13 +117,18 @@ class FaultProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while (request := await _read_request(reader)) is not None:
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                held = self._paused_until - time.monotonic()
-                if held > 0:
-                    await asyncio.sleep(held)
-                # shielded: a request that reached "DynamoDB" is applied even if its client left
-                response = await asyncio.shield(self._forward(request))
+                self._in_flight += 1  # only touched on the proxy's event loop
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
+                try:
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    held = self._paused_until - time.monotonic()
+                    if held > 0:
+                        await asyncio.sleep(held)
+                    # shielded: a request that reached the server is applied if its client left
+                    response = await asyncio.shield(self._forward(request))
+                finally:
+                    self._in_flight -= 1
                 if self._take_drop(request.operation):
                     return  # the write landed; its client sees the connection close unanswered
                 writer.write(response)

@@ -45,9 +45,12 @@ def is_live(owner: str, expires_at: int, user_id: str, now: datetime) -> bool:
     return owner == user_id and expires_at > now.timestamp()
 
 
-def lease_is_free(lease_until: float | None, now: datetime) -> bool:
-    """A turn may take the lease when none is held or the holder's ran out."""
-    return lease_until is None or lease_until < now.timestamp()
+def lease_is_free(
+    lease_request: str | None, lease_until: float | None, request_id: str, now: datetime
+) -> bool:
+    """A turn may take the lease when none is held, the holder's ran out, or it holds the
+    lease already (botocore resends a begin whose answer was lost: it must not conflict)."""
+    return lease_until is None or lease_until < now.timestamp() or lease_request == request_id
 
 
 def summary_lease_until(now: datetime) -> float:

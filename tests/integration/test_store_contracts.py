@@ -369,6 +369,20 @@ async def test_a_summary_after_the_lease_was_lost_is_not_saved(
     assert (await store.get(conversation_id, ALICE, later)).summary is None
 
 
+async def test_a_turn_that_begins_again_with_its_own_lease_is_not_a_conflict(
+    conversation_store: ConversationStore, now: datetime
+) -> None:
+    store = conversation_store
+    # Given a turn that holds the lease
+    conversation_id = await start_conversation(store, now)
+    await begin(store, conversation_id, now, request_id="req-a")
+
+    # When the same request begins again (its first answer was lost), Then it holds the lease
+    state = await begin(store, conversation_id, now, request_id="req-a")
+    assert state.turn_count == 1
+    assert await store.commit_turn(state, "req-a", make_turn(2), now=now, release_lease=True)
+
+
 # ---------------------------------------------------------------- request registry
 
 

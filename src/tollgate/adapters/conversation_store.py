@@ -296,7 +296,9 @@ class DynamoConversationStore:
                     UpdateExpression="SET lease_request = :rid, lease_until = :until",
                     ConditionExpression=(
                         "#owner = :user AND expires_at > :now AND total_tokens < :limit"
-                        " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                        # conversations.lease_is_free
+                        " AND (attribute_not_exists(lease_until) OR lease_until < :now"
+                        " OR lease_request = :rid)"
                     ),
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={

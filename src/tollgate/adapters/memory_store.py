@@ -221,7 +221,7 @@ class MemoryConversationStore:
         conversation = self._live(conversation_id, user_id, now)
         if conversation.total_tokens >= token_limit:
             raise ConversationLimit("this conversation has reached its size limit; start a new one")
-        if not lease_is_free(conversation.lease_until, now):
+        if not lease_is_free(conversation.lease_request, conversation.lease_until, request_id, now):
             raise TurnConflict("another turn of this conversation is in progress")
         conversation.lease_request = request_id
         conversation.lease_until = lease_until.timestamp()
