@@ -12,7 +12,7 @@ import pytest
 
 from tests.servers import free_port
 
-pytest_plugins = ["tests.offline_fixture", "tests.gateway_fixture"]
+pytest_plugins = ["tests.offline_fixture", "tests.gateway_fixture", "tests.fault_proxy"]
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

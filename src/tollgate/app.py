@@ -286,14 +286,18 @@ def dynamodb_stores(settings: Settings) -> Stores:
     )
 
 
-def memory_stores() -> Stores:
+def memory_stores(settings: Settings) -> Stores:
     from tollgate.adapters.memory_store import (
         MemoryConversationStore,
         MemoryRequestRegistry,
         MemoryUsageStore,
     )
 
-    return Stores(MemoryUsageStore(), MemoryRequestRegistry(), MemoryConversationStore())
+    return Stores(
+        MemoryUsageStore(),
+        MemoryRequestRegistry(),
+        MemoryConversationStore(ttl_days=settings.conversation_ttl_days),
+    )
 
 
 def build_dependencies(
@@ -323,7 +327,9 @@ def build_dependencies(
         max_retries=0,
     )
     jwt_secret = settings.jwt_secret or resolve_secret(settings.jwt_secret_arn)
-    stores = memory_stores() if settings.store_backend == "memory" else dynamodb_stores(settings)
+    stores = (
+        memory_stores(settings) if settings.store_backend == "memory" else dynamodb_stores(settings)
+    )
     service = ChatService(
         config_from_settings(settings),
         usage=stores.usage,

@@ -80,7 +80,7 @@ def service(log: io.StringIO) -> tuple[ChatService, SlowUpstream, MemoryUsageSto
         ),
         usage=usage,
         requests=MemoryRequestRegistry(),
-        conversations=MemoryConversationStore(),
+        conversations=MemoryConversationStore(ttl_days=30),
         upstream=upstream,
         tokens=token_counter(),
         prices=price_table(),

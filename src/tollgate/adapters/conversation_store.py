@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
@@ -39,6 +36,15 @@ from tollgate.adapters.aws import (
     dynamodb_client,
     is_condition_failure,
     item_on_failure,
+)
+from tollgate.conversations import (
+    epoch,
+    idle_expiry,
+    is_conversation_id,
+    is_live,
+    iso_utc,
+    new_conversation,
+    summary_lease_until,
 )
 from tollgate.errors import ConversationLimit, DependencyUnavailable, NotFound, TurnConflict
 from tollgate.ports import ConversationState, ConversationView, Turn
@@ -58,29 +64,14 @@ T = TypeVar("T")
 META = "META"
 TURN_PREFIX = "TURN#"
 LAST_TURN_KEY = f"{TURN_PREFIX}999999"
-CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
 
 # Turns outlive META by construction; this slack covers the turn in flight between
 # begin_turn (which refreshes turn expiry) and commit_turn (which extends META's).
 TURN_EXPIRY_SLACK = timedelta(days=1)
-# A new conversation that is summarised right after its first turn keeps the lease this long.
-SUMMARY_LEASE = timedelta(minutes=2)
 BATCH_WRITE_LIMIT = 25
 # Turns read with the lease in one round trip; the hysteresis keeps fewer unsummarised.
 RECENT_TURNS = 48
 UNPROCESSED_RETRIES = 8
-
-
-def new_conversation_id() -> str:
-    return uuid.uuid4().hex
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _epoch(moment: datetime) -> int:
-    return math.ceil(moment.timestamp())
 
 
 def _s(value: str) -> AttributeValueTypeDef:
@@ -120,11 +111,7 @@ def _turn_from_item(item: Item) -> Turn:
 
 
 def _is_live(meta: Item | None, user_id: str, now: datetime) -> bool:
-    return (
-        meta is not None
-        and _str(meta, "owner") == user_id
-        and _int(meta, "expires_at") > now.timestamp()
-    )
+    return meta is not None and is_live(_str(meta, "owner"), _int(meta, "expires_at"), user_id, now)
 
 
 def _cancelled_by_condition(exc: ClientError) -> bool:
@@ -147,6 +134,9 @@ class DynamoConversationStore:
         self._executor = executor or blocking_executor()
 
     # ------------------------------------------------------------ plumbing
+
+    def _turn_expiry(self, now: datetime) -> int:
+        return epoch(now + 2 * self._ttl)
 
     async def _call(self, call: Callable[[], T]) -> T:
         """Run one blocking boto3 call in the executor; outages become DependencyUnavailable."""
@@ -224,7 +214,7 @@ class DynamoConversationStore:
     async def _live_meta(
         self, conversation_id: str, user_id: str, now: datetime
     ) -> dict[str, AttributeValueTypeDef]:
-        if not CONVERSATION_ID.fullmatch(conversation_id):
+        if not is_conversation_id(conversation_id):
             raise NotFound("conversation not found")
         response = await self._call(
             lambda: self._client.get_item(
@@ -249,13 +239,8 @@ class DynamoConversationStore:
         now: datetime,
     ) -> ConversationState:
         if conversation_id is None:
-            return ConversationState(
-                conversation_id=new_conversation_id(),
-                owner=user_id,
-                is_new=True,
-                created_at=iso_utc(now),
-            )
-        if not CONVERSATION_ID.fullmatch(conversation_id):
+            return new_conversation(user_id, now)
+        if not is_conversation_id(conversation_id):
             raise NotFound("conversation not found")
         # The lease and the newest turns in one round trip; the turns are checked against
         # the metadata the lease returned (a commit may have landed in between).
@@ -311,7 +296,9 @@ class DynamoConversationStore:
                     UpdateExpression="SET lease_request = :rid, lease_until = :until",
                     ConditionExpression=(
                         "#owner = :user AND expires_at > :now AND total_tokens < :limit"
-                        " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                        # conversations.lease_is_free
+                        " AND (attribute_not_exists(lease_until) OR lease_until < :now"
+                        " OR lease_request = :rid)"
                     ),
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={
@@ -343,11 +330,11 @@ class DynamoConversationStore:
     ) -> None:
         """Push the turns' expiry out when META, refreshed by this turn, could outlive them."""
         turns_expire_at = _int(meta, "turns_expire_at")
-        if _int(meta, "turn_count") == 0 or turns_expire_at >= _epoch(
+        if _int(meta, "turn_count") == 0 or turns_expire_at >= epoch(
             now + self._ttl + TURN_EXPIRY_SLACK
         ):
             return
-        new_expiry = _epoch(now + 2 * self._ttl)
+        new_expiry = self._turn_expiry(now)
         keys = await self._query_turns(conversation_id, keys_only=True)
 
         async def refresh(key: dict[str, AttributeValueTypeDef]) -> None:
@@ -429,7 +416,7 @@ class DynamoConversationStore:
                     "created_at": _s(turn.created_at),
                     "history_tokens": _n(turn.history_tokens),
                     "request_id": _s(request_id),
-                    "expires_at": _n(_epoch(now + 2 * self._ttl)),
+                    "expires_at": _n(self._turn_expiry(now)),
                 },
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
@@ -449,8 +436,24 @@ class DynamoConversationStore:
             if not _cancelled_by_condition(exc):
                 # a TransactionConflict with a concurrent write, or throttling: retry shortly
                 raise DependencyUnavailable("the database is busy", retry_after=1) from exc
-            return False
+            # botocore resends a transaction whose answer was lost. DynamoDB answers the resend
+            # from its ClientRequestToken (botocore keeps it across retries); a server that does
+            # not (moto: the local run) refuses it on the conditions our first try changed.
+            # The turn item says whether this request's commit landed.
+            return await self._committed_by(state.conversation_id, turn.turn, request_id)
         return True
+
+    async def _committed_by(self, conversation_id: str, turn: int, request_id: str) -> bool:
+        response = await self._call(
+            lambda: self._client.get_item(
+                TableName=self._table,
+                Key=self._key(conversation_id, _turn_key(turn)),
+                ConsistentRead=True,
+                ProjectionExpression="request_id",
+            )
+        )
+        item = response.get("Item")
+        return item is not None and _str(item, "request_id") == request_id
 
     def _new_meta(
         self,
@@ -470,12 +473,12 @@ class DynamoConversationStore:
             "summary_through_turn": _n(0),
             "summary_tokens": _n(0),
             "last_active": _s(iso_utc(now)),
-            "expires_at": _n(_epoch(now + self._ttl)),
-            "turns_expire_at": _n(_epoch(now + 2 * self._ttl)),
+            "expires_at": _n(idle_expiry(now, self._ttl)),
+            "turns_expire_at": _n(self._turn_expiry(now)),
         }
         if not release_lease:
             item["lease_request"] = _s(request_id)
-            item["lease_until"] = _n((now + SUMMARY_LEASE).timestamp())
+            item["lease_until"] = _n(summary_lease_until(now))
         return {
             "Put": {
                 "TableName": self._table,
@@ -510,7 +513,7 @@ class DynamoConversationStore:
                     ":one": _n(1),
                     ":now": _s(iso_utc(now)),
                     ":rid": _s(request_id),
-                    ":expires": _n(_epoch(now + self._ttl)),
+                    ":expires": _n(idle_expiry(now, self._ttl)),
                 },
             }
         }
@@ -569,7 +572,7 @@ class DynamoConversationStore:
         )
 
     async def delete(self, conversation_id: str, user_id: str) -> None:
-        if not CONVERSATION_ID.fullmatch(conversation_id):
+        if not is_conversation_id(conversation_id):
             raise NotFound("conversation not found")
         now = datetime.now(UTC)
         try:

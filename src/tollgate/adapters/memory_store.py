@@ -16,13 +16,18 @@ This module must not import boto3: `STORE_BACKEND=memory` keeps it out of the pr
 
 from __future__ import annotations
 
-import math
-import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from tollgate.conversations import (
+    idle_expiry,
+    is_conversation_id,
+    is_live,
+    lease_is_free,
+    new_conversation,
+    summary_lease_until,
+)
 from tollgate.errors import ConversationLimit, NotFound, TurnConflict
 from tollgate.ports import (
     Account,
@@ -36,20 +41,8 @@ from tollgate.ports import (
     Turn,
 )
 
-# Same as the DynamoDB conversation store's.
-CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
-SUMMARY_LEASE = timedelta(minutes=2)
-DEFAULT_TTL_DAYS = 30
 # Expired cancel signals are dropped once there are this many.
 REQUEST_REGISTRY_LIMIT = 100_000
-
-
-def _epoch(moment: datetime) -> int:
-    return math.ceil(moment.timestamp())
-
-
-def _iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- budgets
@@ -195,21 +188,21 @@ class _Conversation:
     turns: dict[int, Turn] = field(default_factory=dict)
 
     def is_live(self, user_id: str, now: datetime) -> bool:
-        return self.owner == user_id and self.expires_at > now.timestamp()
+        return is_live(self.owner, self.expires_at, user_id, now)
 
     def ordered_turns(self, after_turn: int = 0) -> list[Turn]:
         return [self.turns[number] for number in sorted(self.turns) if number > after_turn]
 
 
 class MemoryConversationStore:
-    def __init__(self, *, ttl_days: int = DEFAULT_TTL_DAYS) -> None:
+    def __init__(self, *, ttl_days: int) -> None:
         self._conversations: dict[str, _Conversation] = {}
         self._ttl = timedelta(days=ttl_days)
 
     def _live(self, conversation_id: str, user_id: str, now: datetime) -> _Conversation:
         conversation = (
             self._conversations.get(conversation_id)
-            if CONVERSATION_ID.fullmatch(conversation_id)
+            if is_conversation_id(conversation_id)
             else None
         )
         if conversation is None or not conversation.is_live(user_id, now):
@@ -227,16 +220,11 @@ class MemoryConversationStore:
         now: datetime,
     ) -> ConversationState:
         if conversation_id is None:
-            return ConversationState(
-                conversation_id=uuid.uuid4().hex,
-                owner=user_id,
-                is_new=True,
-                created_at=_iso_utc(now),
-            )
+            return new_conversation(user_id, now)
         conversation = self._live(conversation_id, user_id, now)
         if conversation.total_tokens >= token_limit:
             raise ConversationLimit("this conversation has reached its size limit; start a new one")
-        if conversation.lease_until is not None and conversation.lease_until >= now.timestamp():
+        if not lease_is_free(conversation.lease_request, conversation.lease_until, request_id, now):
             raise TurnConflict("another turn of this conversation is in progress")
         conversation.lease_request = request_id
         conversation.lease_until = lease_until.timestamp()
@@ -278,13 +266,13 @@ class MemoryConversationStore:
             conversation = _Conversation(
                 owner=state.owner,
                 created_at=state.created_at,
-                expires_at=_epoch(now + self._ttl),
+                expires_at=idle_expiry(now, self._ttl),
                 total_tokens=tokens,
                 turn_count=turn.turn,
             )
             if not release_lease:
                 conversation.lease_request = request_id
-                conversation.lease_until = (now + SUMMARY_LEASE).timestamp()
+                conversation.lease_until = summary_lease_until(now)
             conversation.turns[turn.turn] = turn
             self._conversations[state.conversation_id] = conversation
             return True
@@ -298,7 +286,7 @@ class MemoryConversationStore:
         conversation.turns[turn.turn] = turn
         conversation.total_tokens += tokens
         conversation.turn_count += 1
-        conversation.expires_at = _epoch(now + self._ttl)
+        conversation.expires_at = idle_expiry(now, self._ttl)
         if release_lease:
             conversation.lease_request = conversation.lease_until = None
         return True
