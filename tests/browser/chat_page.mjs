@@ -37,7 +37,7 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: CHROMIUM,
   headless: true,
   args: FLAGS,
-  viewport: { width: 1000, height: 760 },
+  viewport: { width: 1000, height: 1140 },
   colorScheme: "light",
 });
 const problems = [];
