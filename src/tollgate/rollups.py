@@ -353,7 +353,7 @@ class Rollup:
         return ranked[:limit]
 
     def summary(self, top_users: int = TOP_USERS) -> dict[str, Any]:
-        """DESIGN.md's window summary, with dollars rounded to 6 decimals."""
+        """The window summary of docs/CONTRACTS.md, dollars rounded to 6 decimals."""
         return {
             "start": iso_z(self.window.start),
             "end": iso_z(self.window.end),

@@ -21,7 +21,7 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Every variable in DESIGN.md's configuration table, by its documented name."""
+    """Every variable in docs/CONTRACTS.md's configuration table, by its documented name."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 

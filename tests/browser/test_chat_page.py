@@ -36,7 +36,12 @@ pytestmark = [
 ]
 
 
-def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model, tmp_path) -> None:
+def test_chat_page_streams_renders_markdown_safely_and_stops(
+    gateway_factory, offline_model, tmp_path
+) -> None:
+    """Two real turns through the gateway (one completed, one stopped) around a Markdown turn
+    whose /chat response the page test serves itself: a reply carrying <script>, an <img>
+    with onerror, a javascript: link and a fenced code block."""
     offline_model.set_config(chunk_interval_s=0.05, reply_tokens=40)
     update_docs = os.environ.get("UPDATE_SCREENSHOT") == "1"
     screenshot = DOCS_SCREENSHOT if update_docs else tmp_path / "chat-page.png"
@@ -51,13 +56,13 @@ def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model, 
             check=False,
             env={**os.environ, "CHROMIUM_PATH": CHROMIUM},
         )
+        assert result.returncode == 0, result.stderr or result.stdout
         records = {record["request_id"]: record for record in gateway.wait_for_records(2)}
         conversation_id = next(iter(records.values()))["conversation_id"]
         stored = gateway.http.get(
             f"/conversations/{conversation_id}", headers=gateway.headers("page-user")
         ).json()
 
-    assert result.returncode == 0, result.stderr or result.stdout
     page = json.loads(result.stdout)
     assert records[page["firstRequestId"]]["outcome"] == "completed"
     assert records[page["stoppedRequestId"]]["outcome"] == "cancelled"
@@ -65,4 +70,8 @@ def test_chat_page_streams_shows_cost_and_stops(gateway_factory, offline_model, 
     assert stored["turns"][0]["assistant"] == page["firstReply"]
     assert f"{stored['turns'][0]['cost_usd']:.6f}" in page["firstMeta"]
     assert "left" in page["budgetDetail"]
+    assert page["markdown"]["ran"] == 0
+    assert page["markdown"]["images"] == 0
+    assert page["markdown"]["code"] == "def toll(cars):\n    return cars * 2  # <b>not bold</b>"
+    assert "<script>window.__scriptRan = true</script>" in page["markdown"]["text"]
     assert screenshot.stat().st_size > 10_000

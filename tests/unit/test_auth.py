@@ -1,4 +1,4 @@
-"""Identity (DESIGN.md "Identity"): JWT (HS256 secret or RS256 via JWKS) or trusted IAM."""
+"""Identity (docs/CONTRACTS.md "Identity"): JWT (HS256 secret or RS256 via JWKS) or trusted IAM."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Budget arithmetic (DESIGN.md "Budget accounting rule" and GET /usage)."""
+"""Budget arithmetic (docs/CONTRACTS.md "Budgets": the accounting rule and GET /usage)."""
 
 from __future__ import annotations
 

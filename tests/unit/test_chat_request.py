@@ -1,4 +1,4 @@
-"""POST /chat body validation (DESIGN.md "Refusals before streaming")."""
+"""POST /chat body validation (docs/CONTRACTS.md "Refusals before streaming")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cost records and EMF metrics (DESIGN.md "Cost records")."""
+"""Cost records and EMF metrics (docs/CONTRACTS.md "Cost records and metrics")."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tollgate.observability import (
     CostRecorder,
 )
 
-# Every field DESIGN.md's "Cost records" lists.
+# Every field docs/CONTRACTS.md's "Cost records and metrics" lists.
 REQUIRED_FIELDS = {
     "request_id",
     "user_id",
@@ -39,7 +39,7 @@ REQUIRED_FIELDS = {
     "started_at",
 }
 
-DESIGN_OUTCOMES = {
+DOCUMENTED_OUTCOMES = {
     "completed",
     "cancelled",
     "client_disconnected",
@@ -266,7 +266,7 @@ def test_two_emits_do_not_share_metric_state() -> None:
 
 
 def test_outcomes_match_design() -> None:
-    assert set(OUTCOMES) == DESIGN_OUTCOMES
+    assert set(OUTCOMES) == DOCUMENTED_OUTCOMES
 
 
 def test_error_field_only_when_set() -> None:

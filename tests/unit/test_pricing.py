@@ -1,4 +1,4 @@
-"""The price table (DESIGN.md "Configuration": starting prices, data with an as-of date)."""
+"""The price table (docs/CONTRACTS.md "Models and prices": data with an as-of date)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tollgate.pricing import (
     price_table,
 )
 
-# USD per 1M tokens, DESIGN.md: input / cached input / output
+# USD per 1M tokens, docs/CONTRACTS.md: input / cached input / output
 STARTING_PRICES = {
     "gpt-4o-mini": (Decimal("0.15"), Decimal("0.075"), Decimal("0.60")),
     "gpt-4o": (Decimal("2.50"), Decimal("1.25"), Decimal("10.00")),
@@ -36,7 +36,7 @@ def table() -> PriceTable:
 def test_starting_prices_match_design(table: PriceTable, model: str) -> None:
     # Given the shipped price table
     price = table.price(model)
-    # Then it holds DESIGN.md's starting prices
+    # Then it holds the documented prices
     assert (price.input, price.cached_input, price.output) == STARTING_PRICES[model]
 
 

@@ -1,4 +1,4 @@
-"""Configuration from the environment (DESIGN.md "Configuration (environment)")."""
+"""Configuration from the environment (docs/CONTRACTS.md "Configuration")."""
 
 from __future__ import annotations
 

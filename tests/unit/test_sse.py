@@ -1,4 +1,4 @@
-"""SSE framing (DESIGN.md "Precise semantics"): LF only, `data: ` with one space,
+"""SSE framing (docs/CONTRACTS.md "The /chat stream"): LF only, `data: ` with one space,
 a delta's data exactly `{"delta": "<text>"}`, named events put `event:` first."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""template.yaml keeps the deployment contract of DESIGN.md and matches what the app reads."""
+"""template.yaml keeps the deployment shape of docs/CONTRACTS.md and matches what the app reads."""
 
 from __future__ import annotations
 
