@@ -338,7 +338,7 @@ def build_dependencies(
         upstream=OpenAIUpstream(
             client, attempt_timeout_s=settings.openai_timeout_s, api_key=rotating_key
         ),
-        tokens=token_counter(),
+        tokens=token_counter(settings.price_table_path),
         prices=price_table(settings.price_table_path),
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
         recorder=recorder or CostRecorder(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tollgate.budget import DEFAULT_PLAN, Budgets, WindowLimits
@@ -66,7 +66,10 @@ class Settings(BaseSettings):
     # Not in the public contract: tuning knobs with safe defaults.
     dynamodb_timeout_s: float = Field(default=2.0, gt=0)
     dynamodb_max_attempts: int = Field(default=3, ge=1)
-    price_table_path: str | None = None
+    # MODEL_TABLE_PATH (PRICE_TABLE_PATH still read): a model table file replacing the shipped one.
+    price_table_path: str | None = Field(
+        default=None, validation_alias=AliasChoices("model_table_path", "price_table_path")
+    )
     # "memory" keeps budgets and conversations in this process only: benchmarks, never deploys.
     store_backend: Literal["dynamodb", "memory"] = "dynamodb"
     prompts_dir: str | None = None

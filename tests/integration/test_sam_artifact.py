@@ -25,7 +25,7 @@ REQUIRED_FILES = (
     "tollgate/settings.py",
     "tollgate/encodings/o200k_base.tiktoken.gz",
     "tollgate/encodings/cl100k_base.tiktoken.gz",
-    "tollgate/data/prices.json",
+    "tollgate/data/models.json",
     "prompts/default.md",
     "prompts/internal/summarize.md",
 )

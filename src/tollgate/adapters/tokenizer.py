@@ -1,38 +1,80 @@
 """Token counting with tiktoken, from the vendored encoding files; nothing is downloaded.
 
-tiktoken looks for its encoding files in TIKTOKEN_CACHE_DIR under the sha1 of their
-download URL and checks their sha256. We unpack the gzipped copies shipped inside the
-package into that cache (after checking the same hash ourselves) and let tiktoken's own
-constructor build the encoding, so the regex and special tokens stay tiktoken's.
-An encoding is loaded only when a model that needs it is first used (~0.3 s, ~50 MB).
+Which encoding a model uses comes from the model table (pricing.py). An encoding is loaded
+only when a model that needs it is first used (~0.3 s). Loading is lean: the gzipped
+.tiktoken file shipped in the package is checked against tiktoken's published sha256 and
+parsed line by line, and the Python dict of ranks that tiktoken's Encoding would keep beside
+its Rust CoreBPE (~30 MB for o200k_base, used only for pickling) is dropped once the CoreBPE
+is built. bench/tokenizer_memory.py measures it.
 """
 
 from __future__ import annotations
 
+import binascii
+import ctypes
 import gzip
 import hashlib
-import os
-import tempfile
+import io
 import threading
+import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import tiktoken
 
+from tollgate.pricing import PriceTable, price_table
+
 ENCODINGS_DIR = Path(__file__).resolve().parent.parent / "encodings"
 
-# name -> (tiktoken's download URL, tiktoken's expected sha256 of the unpacked file)
-ENCODING_SOURCES = {
-    "o200k_base": (
-        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
-        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+
+@dataclass(frozen=True)
+class EncodingFile:
+    """One vendored encoding, with the definitions of tiktoken_ext.openai_public
+    (a unit test builds tiktoken's own encoding and checks they agree)."""
+
+    sha256: str  # tiktoken's expected sha256 of the unpacked .tiktoken file
+    pat_str: str
+    special_tokens: Mapping[str, int]
+
+    def path(self, name: str) -> Path:
+        return ENCODINGS_DIR / f"{name}.tiktoken.gz"
+
+
+ENCODING_FILES = {
+    "o200k_base": EncodingFile(
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        pat_str="|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
     ),
-    "cl100k_base": (
-        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
-        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "cl100k_base": EncodingFile(
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        pat_str=(
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
+            r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+        ),
+        special_tokens={
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
     ),
 }
+# For a model name outside the model table (the offline model server accepts any name);
+# the gateway itself refuses to start with a model the table does not list.
 DEFAULT_ENCODING = "o200k_base"
 
 # OpenAI's chat format: each message is wrapped in <|start|>{role}\n{content}<|end|>\n,
@@ -42,89 +84,101 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 
 _load_lock = threading.Lock()
+_loaded: set[str] = set()
 
 
 class EncodingFileError(RuntimeError):
     """A vendored encoding file is missing or does not match tiktoken's published hash."""
 
 
-def encoding_name_for_model(model: str) -> str:
+def _encoding_file(name: str) -> EncodingFile:
     try:
-        return tiktoken.encoding_name_for_model(model)
+        return ENCODING_FILES[name]
     except KeyError:
-        return DEFAULT_ENCODING
+        raise EncodingFileError(f"no vendored encoding named {name}") from None
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    directory = Path(tempfile.gettempdir()) / "tollgate-tiktoken"
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
-    return directory
-
-
-def _unpack_vendored(name: str) -> None:
-    url, expected_sha256 = ENCODING_SOURCES[name]
-    target = _cache_dir() / hashlib.sha1(url.encode()).hexdigest()
-    # A bad cached copy would make tiktoken try to download the file: replace it instead.
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == expected_sha256:
-        return
-    packed = ENCODINGS_DIR / f"{name}.tiktoken.gz"
+def read_ranks(name: str) -> dict[bytes, int]:
+    """The vendored file's token ranks, after checking it is the file tiktoken expects."""
+    source = _encoding_file(name)
+    packed = source.path(name)
     try:
         data = gzip.decompress(packed.read_bytes())
-    except OSError as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise EncodingFileError(f"cannot read {packed}: {exc}") from exc
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
+    if hashlib.sha256(data).hexdigest() != source.sha256:
         raise EncodingFileError(f"{packed} does not match tiktoken's sha256 for {name}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(target)
+    ranks = {}
+    # One line at a time: a list of all 200k lines would sit beside the ranks.
+    for line in io.BytesIO(data):
+        token, rank = line.split()
+        ranks[binascii.a2b_base64(token)] = int(rank)
+    return ranks
 
 
-_loaded: set[str] = set()
+def _return_freed_memory_to_the_os() -> None:
+    """glibc keeps freed heap pages mapped; malloc_trim hands them back (Lambda runs glibc)."""
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _build_encoding(name: str) -> tiktoken.Encoding:
+    source = _encoding_file(name)
+    encoding = tiktoken.Encoding(
+        name,
+        pat_str=source.pat_str,
+        mergeable_ranks=read_ranks(name),
+        special_tokens=dict(source.special_tokens),
+    )
+    # The CoreBPE holds its own copy of the ranks; tiktoken keeps this one only to pickle.
+    encoding._mergeable_ranks = {}
+    _return_freed_memory_to_the_os()
+    return encoding
 
 
 @cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    if name not in ENCODING_SOURCES:
-        raise EncodingFileError(f"no vendored encoding named {name}")
+    _encoding_file(name)
     with _load_lock:
-        _unpack_vendored(name)
-        encoding = tiktoken.get_encoding(name)
+        encoding = _build_encoding(name)
         _loaded.add(name)
         return encoding
 
 
 class TiktokenCounter:
-    """Counts tokens per model, loading each model's encoding on first use."""
+    """Counts tokens per model with the encoding the model table names for it, loading each
+    encoding on first use."""
 
-    def encoding(self, model: str) -> tiktoken.Encoding:
-        return get_encoding(encoding_name_for_model(model))
+    def __init__(self, models: PriceTable | None = None) -> None:
+        self._models = models or price_table()
 
     def encoding_name(self, model: str) -> str:
-        return encoding_name_for_model(model)
+        if self._models.base_model(model) is None:
+            return DEFAULT_ENCODING
+        return self._models.encoding_for(model)
+
+    def encodings_for(self, models: Iterable[str]) -> tuple[str, ...]:
+        """The distinct encodings these models use, in first-use order; checked to be vendored
+        (nothing is loaded), so an unknown name in the table fails where this is called."""
+        names = tuple(dict.fromkeys(self.encoding_name(model) for model in models))
+        for name in names:
+            _encoding_file(name)
+        return names
+
+    def encoding(self, model: str) -> tiktoken.Encoding:
+        return get_encoding(self.encoding_name(model))
 
     def is_loaded(self, model: str) -> bool:
         """Whether counting for this model is ready without loading an encoding first."""
-        return encoding_name_for_model(model) in _loaded
+        return self.encoding_name(model) in _loaded
 
     def count_text(self, model: str, text: str) -> int:
         return len(self.encoding(model).encode_ordinary(text))
 
     def count_messages(self, model: str, messages: Iterable[Mapping[str, object]]) -> int:
         """Prompt tokens OpenAI bills for these messages, reply priming included."""
-        encoding = self.encoding(model)
-        total = REPLY_PRIMING_TOKENS
-        for message in messages:
-            total += TOKENS_PER_MESSAGE
-            for key, value in message.items():
-                if isinstance(value, str):
-                    total += len(encoding.encode_ordinary(value))
-                    if key == "name":
-                        total += TOKENS_PER_NAME
-        return total
+        return _count_messages(self.encoding(model), messages)
 
     def truncate(self, model: str, text: str, max_tokens: int) -> str:
         encoding = self.encoding(model)
@@ -132,6 +186,20 @@ class TiktokenCounter:
         return text if len(tokens) <= max_tokens else encoding.decode(tokens[:max_tokens])
 
 
+def _count_messages(encoding: tiktoken.Encoding, messages: Iterable[Mapping[str, object]]) -> int:
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if isinstance(value, str):
+                total += len(encoding.encode_ordinary(value))
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    return total
+
+
 @cache
-def token_counter() -> TiktokenCounter:
-    return TiktokenCounter()
+def token_counter(table_path: str | None = None) -> TiktokenCounter:
+    """The process's counter, reading encodings from the same model table as the prices
+    (pass Settings.price_table_path, as for price_table())."""
+    return TiktokenCounter(price_table(table_path))
