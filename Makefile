@@ -58,8 +58,8 @@ $(BROWSER_STAMP): tests/browser/package-lock.json
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -71,7 +71,7 @@ unit: $(STAMP)
 ## writes docs/bench.json and docs/BENCHMARKS.md. BENCH_ARGS="--quick" for a smoke run.
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## validate: the SAM template, including cfn-lint
 validate: $(TOOLS_STAMP)

@@ -1,0 +1,1 @@
+"""`make bench`: the gateway measured against its floors (see bench/run.py)."""

@@ -1,0 +1,161 @@
+"""Target checks: where the issues' targets stand in one run (reported, never asserted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.processes import LITELLM_RPS
+from bench.report import fmt_ratio
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where the issue's targets stand (reported, never asserted)."""
+    scenarios = {(s["reply_chunks"], s["concurrency"]): s["targets"] for s in results["overhead"]}
+    checks: list[dict[str, Any]] = []
+    burst = results.get("budget_burst")
+    if burst:
+        checks.append(
+            {
+                "target": "budget overshoot, 50 concurrent streams against ~5 reservations",
+                "goal": "0 tokens, no refused request reaches upstream",
+                "value": (
+                    f"{burst['overshoot_tokens']} tokens, "
+                    f"{burst['refused_that_reached_upstream']} reached upstream"
+                ),
+                "met": burst["overshoot_tokens"] == 0
+                and burst["refused_that_reached_upstream"] == 0
+                and burst["usage_matches_events"],
+            }
+        )
+    rtt = results["dynamodb_round_trip"]["p50_ms"]
+    for (chunks, concurrency), targets in sorted(scenarios.items()):
+        if concurrency != 1:
+            continue
+        memory, dynamo, floor = (
+            targets["tollgate-memory"],
+            targets["tollgate-dynamodb"],
+            targets["floor"],
+        )
+        added = memory["ttft_p50_ms"] - floor["ttft_p50_ms"]
+        checks.append(
+            {
+                "target": f"added TTFT p50 over the floor, memory store, c=1, {chunks} chunks",
+                "goal": "≤ 2 ms",
+                "value": f"{added:.2f} ms",
+                "met": added <= 2.0,
+            }
+        )
+        extra = dynamo["ttft_p50_ms"] - memory["ttft_p50_ms"]
+        checks.append(
+            {
+                "target": f"DynamoDB's extra TTFT p50 over memory, c=1, {chunks} chunks",
+                "goal": f"≤ 1 round trip ({rtt:.2f} ms)",
+                "value": f"{extra:.2f} ms = {extra / rtt:.1f} round trips",
+                "met": extra <= rtt,
+            }
+        )
+        key = "tollgate-dynamodb-continue"
+        if key in targets:
+            extra = targets[key]["ttft_p50_ms"] - memory["ttft_p50_ms"]
+            checks.append(
+                {
+                    "target": f"same, continuing a conversation, c=1, {chunks} chunks",
+                    "goal": f"≤ 1 round trip ({rtt:.2f} ms)",
+                    "value": f"{extra:.2f} ms = {extra / rtt:.1f} round trips",
+                    "met": extra <= rtt,
+                }
+            )
+    for (chunks, concurrency), targets in sorted(scenarios.items()):
+        for name in ("tollgate-memory", "tollgate-dynamodb"):
+            cpu = targets[name]["vs_floor"]["cpu_ms_per_request"]
+            checks.append(
+                {
+                    "target": f"CPU per request vs floor, {name}, c={concurrency}, {chunks} chunks",
+                    "goal": "≤ 2×",
+                    "value": fmt_ratio(cpu),
+                    "met": cpu <= 2.0,
+                }
+            )
+    for (chunks, concurrency), targets in sorted(scenarios.items()):
+        if concurrency != 16:
+            continue
+        for name in ("tollgate-memory", "tollgate-dynamodb"):
+            rps = targets[name]["requests_per_s"]
+            checks.append(
+                {
+                    "target": f"requests/s at c=16, {name}, {chunks} chunks",
+                    "goal": f"≥ {3 * LITELLM_RPS:.0f} (3 × LiteLLM's {LITELLM_RPS:.0f})",
+                    "value": f"{rps:.1f} (direct: {targets['direct']['requests_per_s']:.1f})",
+                    "met": rps >= 3 * LITELLM_RPS,
+                }
+            )
+    for name in ("tollgate-memory", "tollgate-dynamodb"):
+        peak = max(
+            s["targets"][name]["peak_rss_mb_so_far"]
+            for s in results["overhead"]
+            if name in s["targets"]
+        )
+        checks.append(
+            {
+                "target": f"peak RSS, {name}, whole run",
+                "goal": "≤ 150 MB",
+                "value": f"{peak:.0f} MB",
+                "met": peak <= 150,
+            }
+        )
+    checks += round_trip_checks(results.get("round_trips"))
+    checks += lambda_checks(results.get("lambda_cpu"))
+    cold = results.get("cold_start")
+    if cold:
+        for name in ("tollgate-memory", "tollgate-dynamodb"):
+            value = cold["median"][name]["vs_floor"]
+            checks.append(
+                {
+                    "target": f"cold start to first token vs floor, {name}",
+                    "goal": "≤ 1.3×",
+                    "value": fmt_ratio(value),
+                    "met": value <= 1.3,
+                }
+            )
+    return checks
+
+
+def round_trip_checks(trips: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not trips:
+        return []
+    return [
+        {
+            "target": f"sequential DynamoDB round trips before the upstream call, {p['path']}",
+            "goal": "1",
+            "value": f"{p['depth_p50']:g} (max {p['depth_max']})",
+            "met": p["depth_max"] <= 1,
+        }
+        for p in trips["paths"]
+    ]
+
+
+def lambda_checks(lam: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not lam or lam["status"] != "measured":
+        return []
+    checks = []
+    for size in lam["sizes"]:
+        warm, mb = size["warm"], size["memory_mb"]
+        added = warm["tollgate-memory"]["ttft_added_p50_ms_over_floor"]
+        checks.append(
+            {
+                "target": f"added TTFT p50 over the floor, memory store, c=1, at {mb} MB CPU",
+                "goal": "≤ 2 ms",
+                "value": f"{added:.2f} ms",
+                "met": added <= 2.0,
+            }
+        )
+        cpu = warm["tollgate-dynamodb"]["cpu_vs_floor"]
+        checks.append(
+            {
+                "target": f"CPU per request vs floor, tollgate-dynamodb, c=1, at {mb} MB CPU",
+                "goal": "≤ 2×",
+                "value": fmt_ratio(cpu),
+                "met": cpu <= 2.0,
+            }
+        )
+    return checks
