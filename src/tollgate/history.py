@@ -9,6 +9,9 @@ pass the target, and then enough of the oldest turns are folded that what stays
 verbatim is at most half the target. Between two summaries each prompt therefore
 extends the previous one (system, summary, earlier turns, ...), so OpenAI's prompt
 cache, which matches on prefixes, keeps hitting for several turns in a row.
+
+Given `FoldEconomics` (the chat and summary models' prices), the policy is cost-aware
+instead; see `plan_summary`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tollgate.ports import Message, Turn
+from tollgate.pricing import ModelPrice
 
 CountMessages = Callable[[list[Message]], int]
 """Prompt tokens of these messages in the chat format, reply priming included."""
@@ -30,6 +34,37 @@ LOW_WATER_SHARE = 0.5
 # ... and the summary at most this share, which leaves a quarter of the target to grow
 # into before the next fold.
 SUMMARY_SHARE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class FoldEconomics:
+    """What folding costs and saves: prices in micro-USD per token (= USD per 1M tokens).
+
+    Without prompt caching (or for a model without a cached price) `cached_input`
+    equals `input`.
+    """
+
+    input: float  # the chat model's uncached input
+    cached_input: float  # the chat model's input read from OpenAI's prompt cache
+    summary_input: float
+    summary_output: float
+    # The summary request's own tokens besides the summary and the folded turns:
+    # prompts/internal/summarize.md (~220 tokens), its tags and message framing.
+    summary_request_tokens: int = 300
+    # Hidden reasoning a reasoning summary model bills as output on every call.
+    summary_reasoning_tokens: int = 0
+
+    @classmethod
+    def from_prices(
+        cls, chat: ModelPrice, summary: ModelPrice, *, summary_reasoning_tokens: int = 0
+    ) -> FoldEconomics:
+        return cls(
+            input=float(chat.input),
+            cached_input=float(chat.cached_input),
+            summary_input=float(summary.input),
+            summary_output=float(summary.output),
+            summary_reasoning_tokens=summary_reasoning_tokens,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +131,35 @@ def plan_summary(
     target: int,
     *,
     low_water_share: float = LOW_WATER_SHARE,
+    economics: FoldEconomics | None = None,
 ) -> SummaryPlan | None:
-    """Which oldest turns to fold into the summary, once summary + turns pass the target.
+    """Which oldest turns to fold into the summary, or None to send them verbatim again.
 
     `turns` are the ones the summary does not cover yet, oldest first, including the
-    turn just completed. None while everything fits, or when only the latest turn is
-    left (it always stays verbatim). The summary call should be capped at
-    `summary_max_tokens(target)` for the hysteresis to hold.
+    turn just completed; the latest always stays verbatim, so a single turn is never
+    folded. The summary call should be capped at `summary_max_tokens(target)`.
+
+    Without `economics`: once summary + turns pass the target, fold the oldest turns
+    until what stays verbatim is at most `low_water_share` of the target.
+
+    With `economics` the policy is cost-aware:
+    - A fold keeps only the latest turn verbatim: every token kept is billed
+      uncached on the next prompt (the prefix changed) and brings the next fold
+      closer, so keeping less is always cheaper. (Keeping enough for the next prompt
+      to reach OpenAI's 1024-token cache minimum was measured too: the earlier next
+      fold costs more than the cache hit saves.)
+    - Past the target the fold is forced: the target is a hard ceiling.
+    - Below the target a fold happens only when it pays for itself: its cost (the
+      summary call's input and output, plus the next prompt's cache miss on the new
+      summary and the kept turns) must be repaid by the cached-input price of the
+      tokens it frees, over the turns until a fold would be forced anyway, and at
+      most half as many more turns as the conversation has had: by the Copernican
+      estimate a conversation of n turns reaches 1.5 n two times in three. The new
+      summary is assumed as long as its cap. All three assumptions make early folds
+      rarer, never more frequent.
     """
+    if economics is not None:
+        return _plan_cost_aware(summary_tokens, turns, target, economics)
     verbatim = sum(turn.history_tokens for turn in turns)
     if summary_tokens + verbatim <= target:
         return None
@@ -114,8 +170,44 @@ def plan_summary(
         # The summary itself is what overflows: fold all but the latest turn so that a
         # fresh summary, capped at summary_max_tokens, takes its place.
         keep = turns[-1:]
+    return _plan(turns, keep)
+
+
+def _plan(turns: list[Turn], keep: list[Turn]) -> SummaryPlan:
     fold = turns[: len(turns) - len(keep)]
     return SummaryPlan(fold=fold, keep=keep, through_turn=fold[-1].turn)
+
+
+def _plan_cost_aware(
+    summary_tokens: int, turns: list[Turn], target: int, economics: FoldEconomics
+) -> SummaryPlan | None:
+    if len(turns) < 2:
+        return None
+    plan = _plan(turns, turns[-1:])
+    if summary_tokens + sum(turn.history_tokens for turn in turns) > target:
+        return plan
+    return plan if early_fold_net_micros(summary_tokens, plan, target, economics) > 0 else None
+
+
+def early_fold_net_micros(
+    summary_tokens: int, plan: SummaryPlan, target: int, economics: FoldEconomics
+) -> float:
+    """What folding as planned now is expected to save minus what it costs, in micro-USD,
+    as `plan_summary` weighs a fold below the target: negative means it does not pay."""
+    folded = sum(turn.history_tokens for turn in plan.fold)
+    kept = sum(turn.history_tokens for turn in plan.keep)
+    new_summary = summary_max_tokens(target)
+    freed = summary_tokens + folded - new_summary
+    growth_per_turn = max(1.0, (folded + kept) / (len(plan.fold) + len(plan.keep)))
+    turns_until_forced = int((target - summary_tokens - folded - kept) // growth_per_turn)
+    horizon = min(turns_until_forced, plan.keep[-1].turn // 2)
+    saved = economics.cached_input * freed * horizon
+    cost = (
+        economics.summary_input * (economics.summary_request_tokens + summary_tokens + folded)
+        + economics.summary_output * (new_summary + economics.summary_reasoning_tokens)
+        + (economics.input - economics.cached_input) * (new_summary + kept)
+    )
+    return saved - cost
 
 
 def build_messages(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import partial
 from itertools import pairwise
 
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from tollgate.adapters.tokenizer import token_counter
 from tollgate.history import (
     SUMMARY_FRAMING,
+    FoldEconomics,
     build_messages,
     history_window,
     plan_summary,
@@ -18,6 +20,7 @@ from tollgate.history import (
     turn_history_tokens,
 )
 from tollgate.ports import Message, Turn
+from tollgate.pricing import ModelPrice
 
 
 def make_turn(number: int, history_tokens: int, user: str = "", assistant: str = "") -> Turn:
@@ -207,6 +210,138 @@ def test_the_summary_stays_unchanged_for_at_least_three_turns_after_each_fold(
             summary_tokens = int(summary_max_tokens(target) * summary_fill)
             pending = plan.keep
         # Then the prompt's history always fits the target
+        assert summary_tokens + tokens(pending) <= target
+
+    # And between two folds at least three turns reuse the same summary (prompt cache hits)
+    assert all(later - earlier >= 3 for earlier, later in pairwise(folds_at))
+
+
+# ---------------------------------------------------------------- cost-aware folding
+
+# Micro-USD per token (= USD per 1M tokens), with OpenAI's prompt caching.
+GPT_4O_MINI = FoldEconomics(input=0.15, cached_input=0.075, summary_input=0.15, summary_output=0.60)
+GPT_5_MINI = FoldEconomics(
+    input=0.25,
+    cached_input=0.025,
+    summary_input=0.05,
+    summary_output=0.40,
+    summary_reasoning_tokens=256,
+)
+economics = st.builds(
+    FoldEconomics,
+    input=st.floats(min_value=0.01, max_value=20),
+    cached_input=st.floats(min_value=0, max_value=20),
+    summary_input=st.floats(min_value=0, max_value=20),
+    summary_output=st.floats(min_value=0, max_value=80),
+    summary_reasoning_tokens=st.integers(min_value=0, max_value=2000),
+)
+
+
+def test_economics_come_from_the_price_table_per_token() -> None:
+    chat = ModelPrice(Decimal("0.25"), Decimal("0.025"), Decimal("2.00"))
+    summary = ModelPrice(Decimal("0.05"), Decimal("0.005"), Decimal("0.40"))
+
+    made = FoldEconomics.from_prices(chat, summary, summary_reasoning_tokens=256)
+
+    assert made == GPT_5_MINI
+
+
+def test_without_economics_the_policy_is_unchanged() -> None:
+    turns = make_turns([800] * 5, first=11)
+
+    assert plan_summary(500, turns, 4000, economics=None) == plan_summary(500, turns, 4000)
+
+
+def test_past_the_target_a_cost_aware_fold_is_forced_and_keeps_only_the_latest_turn() -> None:
+    # Given a 500-token summary and five 800-token turns (4500 > 4000)
+    turns = make_turns([800] * 5, first=11)
+
+    # When planning with the cheapest model's economics
+    plan = plan_summary(500, turns, 4000, economics=GPT_5_MINI)
+
+    # Then the target is a hard ceiling, and only the latest turn stays verbatim
+    assert plan is not None
+    assert [turn.turn for turn in plan.fold] == [11, 12, 13, 14]
+    assert [turn.turn for turn in plan.keep] == [15]
+
+
+def test_below_the_target_nothing_folds_when_the_fold_would_not_pay() -> None:
+    # Given a history just under the target: whatever is folded now would have to be
+    # repaid in the one turn left before the ceiling forces a fold anyway
+    turns = make_turns([750] * 5, first=1)
+
+    assert plan_summary(0, turns, 4000, economics=GPT_4O_MINI) is None
+
+
+def test_an_early_fold_happens_only_where_the_cached_price_repays_it() -> None:
+    # Given a long conversation far below a large target: 20 verbatim turns of 2000 tokens
+    turns = make_turns([2000] * 20, first=41)
+
+    # When the same history is planned with two models' economics
+    with_4o_mini = plan_summary(2000, turns, 100_000, economics=GPT_4O_MINI)
+    with_5_mini = plan_summary(2000, turns, 100_000, economics=GPT_5_MINI)
+
+    # Then at a 50 % cache discount carrying 38000 tokens costs more than folding them
+    # (cost 23,070 µ$ vs 32,625 µ$ saved over 29 turns) ...
+    assert with_4o_mini is not None
+    assert [turn.turn for turn in with_4o_mini.keep] == [60]
+    # ... while at 90 % it does not (18,192 µ$ vs 10,875 µ$): they stay verbatim
+    assert with_5_mini is None
+
+
+def test_an_early_fold_waits_until_the_conversation_has_lasted_long_enough() -> None:
+    # Given the same history as above, but as turns 11-30 of a conversation: the fold
+    # must be repaid within half as many more turns (15), and 15 × 1,125 µ$ < 23,070 µ$
+    turns = make_turns([2000] * 20, first=11)
+
+    assert plan_summary(2000, turns, 100_000, economics=GPT_4O_MINI) is None
+
+
+@given(turn_sizes, targets, st.integers(min_value=0, max_value=5000), economics)
+def test_a_cost_aware_plan_folds_all_but_the_latest_turn_and_always_past_the_target(
+    sizes: list[int], target: int, summary_tokens: int, prices: FoldEconomics
+) -> None:
+    turns = make_turns(sizes)
+
+    plan = plan_summary(summary_tokens, turns, target, economics=prices)
+
+    over = summary_tokens + tokens(turns) > target
+    if len(turns) == 1:
+        assert plan is None
+        return
+    assert plan is not None or not over
+    if plan is not None:
+        assert plan.fold == turns[:-1]
+        assert plan.keep == turns[-1:]
+        assert plan.through_turn == turns[-2].turn
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(min_value=1, max_value=10_000), min_size=10, max_size=60),
+    st.integers(min_value=800, max_value=10_000),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.sampled_from([GPT_4O_MINI, GPT_5_MINI]),
+)
+def test_a_cost_aware_history_stays_within_the_target_and_its_summary_stays_put(
+    raw_sizes: list[int], target: int, summary_fill: float, prices: FoldEconomics
+) -> None:
+    # Given a growing conversation whose turns are each at most an eighth of the target
+    # and whose summaries respect summary_max_tokens
+    sizes = [1 + size % (target // 8) for size in raw_sizes]
+    summary_tokens = 0
+    pending: list[Turn] = []
+    folds_at: list[int] = []
+
+    # When the cost-aware planner runs after every turn and each plan is applied
+    for number, size in enumerate(sizes, start=1):
+        pending.append(make_turn(number, size))
+        plan = plan_summary(summary_tokens, pending, target, economics=prices)
+        if plan is not None:
+            folds_at.append(number)
+            summary_tokens = int(summary_max_tokens(target) * summary_fill)
+            pending = plan.keep
+        # Then the prompt's history always fits the target (a hard ceiling)
         assert summary_tokens + tokens(pending) <= target
 
     # And between two folds at least three turns reuse the same summary (prompt cache hits)
