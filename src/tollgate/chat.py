@@ -57,6 +57,8 @@ PROMPT_FRAMING_TOKENS = 3 * 3 + 3
 # Enough time after the stream's deadline to settle, store and summarise.
 LEASE_MARGIN_S = 30.0
 CANCEL_SIGNAL_TTL_S = 24 * 3600
+# Hidden output a reasoning summary model is assumed to spend per fold (cost-aware history).
+SUMMARY_REASONING_ALLOWANCE = 256
 
 
 def utc_now() -> datetime:
@@ -233,6 +235,7 @@ class ChatService:
             summariser=self._summariser,
             tokens=self.counter.tokens,
             history_token_target=config.history_token_target,
+            fold_economics=self._fold_economics,
             ledger=self.ledger,
             clock=self._clock,
         )
@@ -416,6 +419,17 @@ class ChatService:
         )
         if isinstance(results[0], Exception):
             self.ledger.error("release_failed", request_id=request_id, error=repr(results[0]))
+
+    def _fold_economics(self, model: str) -> history.FoldEconomics:
+        """What folding costs and saves for a reply from `model` (cost-aware history)."""
+        summary_model = self.config.summary_model
+        return history.FoldEconomics.from_prices(
+            self._prices.price_for(model, self.config.model_chain[0]),
+            self._prices.price(summary_model),
+            summary_reasoning_tokens=(
+                SUMMARY_REASONING_ALLOWANCE if self._prices.is_reasoning(summary_model) else 0
+            ),
+        )
 
     def _forget(self, stream: ChatStream) -> None:
         self._active.pop(stream.request_id, None)

@@ -30,6 +30,7 @@ class TurnWriter:
         summariser: Summariser,
         tokens: TokenCounter,
         history_token_target: int,
+        fold_economics: Callable[[str], history.FoldEconomics],
         ledger: Ledger,
         clock: Callable[[], datetime],
     ) -> None:
@@ -40,6 +41,7 @@ class TurnWriter:
         self._summariser = summariser
         self._tokens = tokens
         self._target = history_token_target
+        self._economics = fold_economics
         self._ledger = ledger
         self._clock = clock
         self._plan: history.SummaryPlan | None = None
@@ -68,7 +70,10 @@ class TurnWriter:
             ),
         )
         self._plan = history.plan_summary(
-            self.state.summary_tokens, [*self.state.turns, turn], self._target
+            self.state.summary_tokens,
+            [*self.state.turns, turn],
+            self._target,
+            economics=self._economics(record.upstream_model or model),
         )
         return turn
 
