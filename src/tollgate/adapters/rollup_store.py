@@ -18,14 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from tollgate.adapters.cost_logs import aws_batch_config
+from tollgate.adapters.aws import BATCH_PROFILE, aws_client
+from tollgate.aggregation.rollups import Counts, Rollup, UserTotal
+from tollgate.aggregation.windows import Window, parse_iso, to_ms
 from tollgate.budget import iso_z
-from tollgate.rollups import Counts, Rollup, UserTotal, Window, parse_iso, to_ms
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -45,9 +45,8 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-def dynamodb_client() -> DynamoDBClient:
-    """A DynamoDB client; boto3 honours AWS_ENDPOINT_URL_DYNAMODB."""
-    return boto3.client("dynamodb", config=aws_batch_config())
+def batch_dynamodb_client() -> DynamoDBClient:
+    return cast("DynamoDBClient", aws_client("dynamodb", BATCH_PROFILE))
 
 
 def window_key(window: Window) -> dict[str, AttributeValueTypeDef]:
