@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Not in the public contract: tuning knobs with safe defaults.
     dynamodb_timeout_s: float = Field(default=2.0, gt=0)
     dynamodb_max_attempts: int = Field(default=3, ge=1)
+    # How long a key read from OPENAI_API_KEY_SECRET_ARN is used before it is read again.
+    secret_max_age_s: float = Field(default=600.0, gt=0)
     price_table_path: str | None = None
     # "memory" keeps budgets and conversations in this process only: benchmarks, never deploys.
     store_backend: Literal["dynamodb", "memory"] = "dynamodb"

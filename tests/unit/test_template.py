@@ -15,6 +15,7 @@ NOT_DEPLOYED_SETTINGS = {
     "jwt_secret",  # likewise (JWT_SECRET_ARN)
     "dynamodb_timeout_s",  # tuning knobs with safe defaults, not part of the contract
     "dynamodb_max_attempts",
+    "secret_max_age_s",
     "price_table_path",
     "prompts_dir",
     "store_backend",  # "memory" is for benchmarks; a deployment always uses DynamoDB
