@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     history_token_target: int = Field(default=4000, ge=1)
 
     stream_timeout_s: float = Field(default=120.0, gt=0)
+    # A summary call's own deadline, from when it starts (not the chat stream's deadline).
+    summary_timeout_s: float = Field(default=20.0, gt=0)
     openai_timeout_s: float = Field(default=60.0, gt=0)
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
