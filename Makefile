@@ -86,3 +86,11 @@ $(BUILT_TEMPLATE): $(TOOLS_STAMP) $(BUILD_INPUTS)
 ## deploy: build, then `sam deploy --guided` (asks for region and parameters, saves them in samconfig.toml)
 deploy: build
 	$(SAM) deploy --guided
+
+## invoke: a Lambda event through the real code without Docker (EVENT=events/<file>.json): a function
+## URL event is mapped to the request the Web Adapter sends and its streamed body printed; an
+## aggregator event runs like `make aggregate`
+.PHONY: invoke
+invoke: $(STAMP)
+	@test -n "$(EVENT)" || { echo "usage: make invoke EVENT=events/function_url_chat.json" >&2; exit 2; }
+	$(BIN)/python -m tollgate.local.invoke --event "$(EVENT)" $(if $(AS_OF),--as-of "$(AS_OF)")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
-from tollgate.adapters.aws import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, dynamodb_config
+from tollgate.adapters.aws import request_profile
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -177,5 +177,5 @@ def fault_proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
 @pytest.fixture
 def faulty_dynamodb(fault_proxy: FaultProxy) -> DynamoDBClient:
     """A DynamoDB client through the proxy, with the gateway's own timeouts and retries."""
-    config = dynamodb_config(DEFAULT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS)
+    config = request_profile().config()
     return boto3.client("dynamodb", endpoint_url=fault_proxy.url, config=config)

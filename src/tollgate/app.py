@@ -309,19 +309,22 @@ def build_dependencies(
     """The real adapters: DynamoDB, OpenAI, tiktoken, the price table, prompts/."""
     from openai import AsyncOpenAI
 
-    from tollgate.adapters.secrets import RotatingSecret, resolve_secret
+    from tollgate.adapters.secrets import FixedSecret, RotatingSecret, resolve_secret
     from tollgate.adapters.tokenizer import token_counter
     from tollgate.adapters.upstream import OpenAIUpstream
     from tollgate.pricing import price_table
     from tollgate.prompts import PromptLibrary
 
-    rotating_key = None
-    api_key = settings.openai_api_key
-    if not api_key and settings.openai_api_key_secret_arn:
-        rotating_key = RotatingSecret(settings.openai_api_key_secret_arn)
-        api_key = rotating_key.initial()
+    # No key yet (an empty secret, an empty variable) is not a start-up failure: /health
+    # answers and chat gets 502 upstream_misconfigured until the key appears.
+    api_key: RotatingSecret | FixedSecret = FixedSecret(settings.openai_api_key)
+    if not settings.openai_api_key and settings.openai_api_key_secret_arn:
+        api_key = RotatingSecret(
+            settings.openai_api_key_secret_arn, max_age_s=settings.secret_max_age_s
+        )
     client = AsyncOpenAI(
-        api_key=api_key or "missing",
+        # The SDK refuses an empty key; this placeholder is never sent (see OpenAIUpstream).
+        api_key=api_key.initial() or "not-configured",
         base_url=settings.openai_base_url,
         timeout=settings.openai_timeout_s,
         max_retries=0,
@@ -336,7 +339,7 @@ def build_dependencies(
         requests=stores.requests,
         conversations=stores.conversations,
         upstream=OpenAIUpstream(
-            client, attempt_timeout_s=settings.openai_timeout_s, api_key=rotating_key
+            client, attempt_timeout_s=settings.openai_timeout_s, api_key=api_key
         ),
         tokens=token_counter(settings.price_table_path),
         prices=price_table(settings.price_table_path),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -19,8 +20,20 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from tollgate.pricing import micros_to_usd
 
+# Defaults only: the template sets POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE.
 SERVICE = "tollgate"
 METRICS_NAMESPACE = "Tollgate"
+# The `message` of a cost record: written here, searched for by the aggregator.
+COST_RECORD_MESSAGE = "cost_record"
+
+
+def service_name(default: str = SERVICE) -> str:
+    return os.environ.get("POWERTOOLS_SERVICE_NAME") or default
+
+
+def metrics_namespace() -> str:
+    return os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or METRICS_NAMESPACE
+
 
 # Every (metric, dimensions) pair the chat function emits; the dashboard test checks against it.
 EMITTED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
@@ -93,7 +106,7 @@ class _KeepCostFieldNulls(LambdaPowertoolsFormatter):
 def build_logger(stream: IO[str] | None = None) -> Logger:
     """The process's Logger, writing to `stream` (stdout by default)."""
     logger = Logger(
-        service=SERVICE,
+        service=service_name(),
         stream=stream,
         logger_formatter=_KeepCostFieldNulls(utc=True),
         utc=True,
@@ -111,14 +124,19 @@ class CostRecorder:
 
     def __init__(self, logger: Logger | None = None, stream: IO[str] | None = None) -> None:
         self._stream = stream
+        self._namespace = metrics_namespace()
         self.logger = logger or build_logger(stream)
 
     def emit(self, record: CostRecord) -> None:
         if record.outcome not in OUTCOMES:
             raise ValueError(f"outcome {record.outcome!r} is not one of the documented outcomes")
-        self.logger.info("cost_record", extra=record.fields())
-        for blob in metric_blobs(record):
-            print(json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout)
+        self.logger.info(COST_RECORD_MESSAGE, extra=record.fields())
+        # Flushed line by line: under the Web Adapter stdout is a block-buffered pipe, and an
+        # unflushed EMF line reaches CloudWatch only with the next log line (or never).
+        for blob in metric_blobs(record, self._namespace):
+            print(
+                json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout, flush=True
+            )
 
     def error(self, message: str, **fields: Any) -> None:
         self.logger.error(message, extra=fields)
@@ -127,8 +145,8 @@ class CostRecorder:
         self.logger.warning(message, extra=fields)
 
 
-def metric_blobs(record: CostRecord) -> list[dict[str, Any]]:
-    by_model = EphemeralMetrics(namespace=METRICS_NAMESPACE, service="")
+def metric_blobs(record: CostRecord, namespace: str = METRICS_NAMESPACE) -> list[dict[str, Any]]:
+    by_model = EphemeralMetrics(namespace=namespace, service="")
     by_model.add_dimension(name="Model", value=record.model)
     by_model.add_metric(name="CostUSD", unit=MetricUnit.NoUnit, value=record.cost_micros / 1e6)
     by_model.add_metric(name="InputTokens", unit=MetricUnit.Count, value=record.input_tokens)
@@ -141,7 +159,7 @@ def metric_blobs(record: CostRecord) -> list[dict[str, Any]]:
         by_model.add_metric(
             name="TimeToFirstTokenMs", unit=MetricUnit.Milliseconds, value=record.ttft_ms
         )
-    by_outcome = EphemeralMetrics(namespace=METRICS_NAMESPACE, service="")
+    by_outcome = EphemeralMetrics(namespace=namespace, service="")
     by_outcome.add_dimension(name="Outcome", value=record.outcome)
     by_outcome.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
     return [dict(by_model.serialize_metric_set()), dict(by_outcome.serialize_metric_set())]

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     history_token_target: int = Field(default=4000, ge=1)
 
     stream_timeout_s: float = Field(default=120.0, gt=0)
+    # A summary call's own deadline, from when it starts (not the chat stream's deadline).
+    summary_timeout_s: float = Field(default=20.0, gt=0)
     openai_timeout_s: float = Field(default=60.0, gt=0)
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
@@ -66,6 +68,8 @@ class Settings(BaseSettings):
     # Not in the public contract: tuning knobs with safe defaults.
     dynamodb_timeout_s: float = Field(default=2.0, gt=0)
     dynamodb_max_attempts: int = Field(default=3, ge=1)
+    # How long a key read from OPENAI_API_KEY_SECRET_ARN is used before it is read again.
+    secret_max_age_s: float = Field(default=600.0, gt=0)
     # MODEL_TABLE_PATH (PRICE_TABLE_PATH still read): a model table file replacing the shipped one.
     price_table_path: str | None = Field(
         default=None, validation_alias=AliasChoices("model_table_path", "price_table_path")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-from tollgate.aggregator import handler
+from tollgate.aggregation.handler import handler
 from tollgate.local.aggregate import LocalContext
 from tollgate.local.tables import create_tables
 

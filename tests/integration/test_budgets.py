@@ -204,14 +204,14 @@ def test_dynamodb_outage_fails_closed_within_seconds(gateway_factory, offline_mo
     import boto3
 
     from tests.servers import free_port
-    from tollgate.adapters.aws import dynamodb_config
+    from tollgate.adapters.aws import request_profile
     from tollgate.adapters.conversation_store import DynamoConversationStore
     from tollgate.adapters.usage_store import DynamoUsageStore
 
     dead = boto3.client(
         "dynamodb",
         endpoint_url=f"http://127.0.0.1:{free_port()}",
-        config=dynamodb_config(timeout_s=0.5, max_attempts=2),
+        config=request_profile(timeout_s=0.5, max_attempts=2).config(),
     )
     with gateway_factory() as gateway:
         service = gateway.service

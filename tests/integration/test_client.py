@@ -13,7 +13,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from tests.gateway_fixture import make_token, parse_sse
-from tollgate.client import EventReader, iam_signer, main, sigv4_headers
+from tollgate.cli.chat import EventReader, iam_signer, main, sigv4_headers
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_an_unreachable_gateway_is_reported(capsys) -> None:
 
 def test_runs_as_a_module_with_the_token_from_the_environment(gateway) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tollgate.client", "--url", gateway.url, "Hi"],
+        [sys.executable, "-m", "tollgate.cli.chat", "--url", gateway.url, "Hi"],
         env={"TOLLGATE_TOKEN": make_token("dave"), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -164,7 +164,7 @@ def test_sigv4_signing_adds_an_aws4_authorization_header() -> None:
 def test_ctrl_c_mid_reply_cancels_the_request(gateway, offline_model) -> None:
     offline_model.set_config(chunk_interval_s=0.1, reply_tokens=200)
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "tollgate.client", "--url", gateway.url, "Hello there"],
+        [sys.executable, "-u", "-m", "tollgate.cli.chat", "--url", gateway.url, "Hello there"],
         env={"TOLLGATE_TOKEN": make_token("erin"), "PATH": "/usr/bin:/bin"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError
 
 from tests.conversation_steps import ALICE, TTL_DAYS, begin, make_turn, start_conversation
 from tests.fault_proxy import FaultProxy
-from tollgate.adapters.aws import dynamodb_config
+from tollgate.adapters.aws import request_profile
 from tollgate.adapters.conversation_store import DynamoConversationStore
 
 if TYPE_CHECKING:
@@ -94,7 +94,9 @@ def test_writes_held_by_a_paused_server_land_after_their_client_gave_up(
     fault_proxy: FaultProxy, table_names: dict[str, str]
 ) -> None:
     # Given a client that waits 0.3 s per try, three tries, and a server paused for longer
-    client = boto3.client("dynamodb", endpoint_url=fault_proxy.url, config=dynamodb_config(0.3, 3))
+    client = boto3.client(
+        "dynamodb", endpoint_url=fault_proxy.url, config=request_profile(0.3, 3).config()
+    )
     table = table_names["UsageTable"]
     key = {"pk": {"S": "USER#held"}, "sk": {"S": "DAY#2026-03-01"}}
     fault_proxy.pause(1.5)

@@ -292,3 +292,29 @@ def test_an_undocumented_outcome_is_refused_before_anything_is_written() -> None
         recorder.emit(make_record(outcome="exploded"))
 
     assert stream.getvalue() == ""
+
+
+def test_service_name_and_namespace_come_from_the_powertools_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the variables the template sets
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "tollgate-staging")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "TollgateStaging")
+    stream = io.StringIO()
+    # When a recorder is built and emits a record
+    recorder = CostRecorder(stream=stream)
+    recorder.emit(make_record())
+    # Then the logger and the EMF blobs use them
+    assert recorder.logger.service == "tollgate-staging"
+    blobs = [json.loads(line) for line in stream.getvalue().splitlines() if "_aws" in line]
+    assert blobs
+    assert {
+        directive["Namespace"] for blob in blobs for directive in blob["_aws"]["CloudWatchMetrics"]
+    } == {"TollgateStaging"}
+
+
+def test_without_the_environment_the_code_defaults_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POWERTOOLS_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE", raising=False)
+    assert observability.service_name() == observability.SERVICE
+    assert observability.metrics_namespace() == observability.METRICS_NAMESPACE

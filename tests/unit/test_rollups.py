@@ -8,21 +8,23 @@ from typing import Any
 
 import pytest
 
-from tollgate.rollups import (
+from tollgate.aggregation.rollups import (
     NONE_LABEL,
     LogEvent,
     MalformedLineError,
     Rollup,
-    Window,
     aggregate,
     combine,
-    day_windows,
     days_closed_by,
-    last_complete_windows,
     parse_cost_record,
-    plan_windows,
     reconcile,
     reconciliation_windows,
+)
+from tollgate.aggregation.windows import (
+    Window,
+    day_windows,
+    last_complete_windows,
+    plan_windows,
     windows_between,
 )
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from openai import AsyncOpenAI
 
-from tollgate.adapters.secrets import RotatingSecret
+from tollgate.adapters.secrets import (
+    MISSING_KEY_RETRY_S,
+    FixedSecret,
+    RotatingSecret,
+    openai_key_from_secret,
+)
 from tollgate.adapters.upstream import OpenAIUpstream
+from tollgate.errors import UpstreamMisconfigured
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:openai-key"
 
@@ -68,3 +75,49 @@ def test_the_upstream_client_switches_to_a_rotated_key() -> None:
     # When the key is rotated, Then the next call uses the new key
     manager.value = "sk-two"
     assert asyncio.run(upstream._current_client()).api_key == "sk-two"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("sk-plain", "sk-plain"),
+        ("  sk-plain\n", "sk-plain"),
+        ('{"OPENAI_API_KEY": "sk-console"}', "sk-console"),
+        ('{"api_key": "sk-console"}', "sk-console"),
+        ('{"whatever": "sk-only-field"}', "sk-only-field"),
+        ('{"api_key": "sk-named", "note": "prod"}', "sk-named"),
+        ("", None),
+        (None, None),
+        ('{"username": "u", "password": "p"}', None),
+        ('{"api_key": ""}', None),
+        ('{"api_key": 42}', None),
+        ("{not json", None),
+    ],
+)
+def test_the_key_is_read_from_plain_or_key_value_secrets(text: str | None, key: str | None) -> None:
+    assert openai_key_from_secret(text) == key
+
+
+def test_a_missing_key_is_looked_for_again_sooner_and_a_failed_read_keeps_the_key() -> None:
+    # Given a secret that is still empty at start-up
+    manager = SecretsManager("")
+    secret = RotatingSecret(
+        ARN, max_age_s=600, fetch=lambda arn: openai_key_from_secret(manager.fetch(arn))
+    )
+    assert secret.initial() is None
+    # When the operator fills it and the missing-key retry interval has passed
+    manager.value = "sk-filled"
+    secret._fetched_at -= MISSING_KEY_RETRY_S + 1
+    # Then the key is picked up
+    assert asyncio.run(secret.current()) == "sk-filled"
+    # And a later failed read (None) keeps the key that works
+    manager.value = ""
+    secret.expire()
+    assert asyncio.run(secret.current()) == "sk-filled"
+
+
+def test_without_a_key_nothing_is_sent_upstream() -> None:
+    client = AsyncOpenAI(api_key="not-configured", base_url="http://127.0.0.1:9/v1")
+    upstream = OpenAIUpstream(client, attempt_timeout_s=1, api_key=FixedSecret(""))
+    with pytest.raises(UpstreamMisconfigured, match="no OpenAI API key"):
+        asyncio.run(upstream.open_stream(["gpt-4o-mini"], [], max_tokens=1, deadline=float("inf")))

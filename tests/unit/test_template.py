@@ -15,6 +15,7 @@ NOT_DEPLOYED_SETTINGS = {
     "jwt_secret",  # likewise (JWT_SECRET_ARN)
     "dynamodb_timeout_s",  # tuning knobs with safe defaults, not part of the contract
     "dynamodb_max_attempts",
+    "secret_max_age_s",
     "price_table_path",
     "prompts_dir",
     "store_backend",  # "memory" is for benchmarks; a deployment always uses DynamoDB
@@ -28,16 +29,8 @@ PLATFORM_VARIABLES = {
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
 }
-TABLE_ACTIONS = {
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-    "dynamodb:BatchWriteItem",
-    "dynamodb:TransactWriteItems",
-    "dynamodb:ConditionCheckItem",
-}
+# What settling the budget and storing the turn may take after a reply (and its summary).
+SETTLE_AND_STORE_MARGIN_S = 30
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +164,7 @@ def test_configuration_comes_from_parameters(
         "CONVERSATION_TOKEN_LIMIT": "ConversationTokenLimit",
         "HISTORY_TOKEN_TARGET": "HistoryTokenTarget",
         "STREAM_TIMEOUT_S": "StreamTimeoutS",
+        "SUMMARY_TIMEOUT_S": "SummaryTimeoutS",
         "OPENAI_TIMEOUT_S": "OpenAITimeoutS",
         "RATE_LIMIT_PER_MINUTE": "RateLimitPerMinute",
         "CONVERSATION_TTL_DAYS": "ConversationTtlDays",
@@ -212,12 +206,60 @@ def test_optional_settings_are_left_unset_when_empty(chat_environment: dict[str,
         assert "If" in chat_environment[variable], variable
 
 
-def test_stream_timeout_stays_below_the_function_timeout(
+def test_the_longest_request_fits_in_the_function_timeout(
     template: dict[str, Any], chat_function: dict[str, Any]
 ) -> None:
-    stream_timeout = template["Parameters"]["StreamTimeoutS"]
-    assert stream_timeout["MaxValue"] < chat_function["Properties"]["Timeout"]
-    assert stream_timeout["Default"] <= stream_timeout["MaxValue"]
+    # Given the largest values the parameters allow
+    parameters = template["Parameters"]
+    stream, summary = parameters["StreamTimeoutS"], parameters["SummaryTimeoutS"]
+    # Then the stream, a summary call and settling/storing fit in the function's timeout
+    longest = stream["MaxValue"] + summary["MaxValue"] + SETTLE_AND_STORE_MARGIN_S
+    assert longest <= chat_function["Properties"]["Timeout"]
+    # And an upstream attempt cannot be configured longer than the stream
+    assert parameters["OpenAITimeoutS"]["MaxValue"] <= stream["MaxValue"]
+    for parameter in (stream, summary, parameters["OpenAITimeoutS"]):
+        assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
+
+
+def test_cancel_polling_has_a_floor(template: dict[str, Any]) -> None:
+    cancel_poll = template["Parameters"]["CancelPollS"]
+    assert cancel_poll["MinValue"] >= 0.5
+    assert cancel_poll["MinValue"] <= cancel_poll["Default"] <= cancel_poll["MaxValue"]
+
+
+@pytest.mark.parametrize(
+    "resource", ["UsageTable", "ConversationsTable", "RollupsTable", "ChatFunctionLogGroup"]
+)
+def test_data_outlives_the_stack(template: dict[str, Any], resource: str) -> None:
+    definition = template["Resources"][resource]
+    assert definition["DeletionPolicy"] == "Retain"
+    assert definition["UpdateReplacePolicy"] == "Retain"
+
+
+def test_metrics_namespace_is_one_value_everywhere(template: dict[str, Any]) -> None:
+    from tollgate.aggregation.handler import AGGREGATOR_SERVICE
+    from tollgate.observability import METRICS_NAMESPACE, SERVICE
+
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
+    assert variables["POWERTOOLS_SERVICE_NAME"] == SERVICE
+    aggregator = template["Resources"]["AggregatorFunction"]["Properties"]
+    assert aggregator["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == AGGREGATOR_SERVICE
+    namespaces: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("Namespace", "cloudwatch:namespace") and isinstance(value, str):
+                    namespaces.append(value)
+                collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(template["Resources"])
+    assert namespaces
+    assert set(namespaces) - {"AWS/Lambda"} == {METRICS_NAMESPACE}
 
 
 def test_reserved_concurrency_is_optional(
@@ -230,17 +272,11 @@ def test_reserved_concurrency_is_optional(
     assert template["Parameters"]["ReservedConcurrency"]["Default"] == ""
 
 
-def test_tables_and_secrets_are_least_privilege(chat_function: dict[str, Any]) -> None:
+def test_secrets_are_least_privilege(chat_function: dict[str, Any]) -> None:
     (policy,) = chat_function["Properties"]["Policies"]
-    statements = {statement["Sid"]: statement for statement in policy["Statement"]}
-    assert set(statements) == {"Tables", "Secrets"}
-    tables = statements["Tables"]
-    assert set(tables["Action"]) == TABLE_ACTIONS
-    assert tables["Resource"] == [
-        {"GetAtt": "UsageTable.Arn"},
-        {"Sub": "${UsageTable.Arn}/index/*"},
-        {"GetAtt": "ConversationsTable.Arn"},
-    ]
+    statements = {
+        statement["Sid"]: statement for statement in policy["Statement"] if "Sid" in statement
+    }
     secrets = statements["Secrets"]
     assert secrets["Action"] == "secretsmanager:GetSecretValue"
     key_secret, jwt_secret = secrets["Resource"]
@@ -252,6 +288,24 @@ def test_tables_and_secrets_are_least_privilege(chat_function: dict[str, Any]) -
         ]
     }
     assert _parameter_of(jwt_secret) == "JwtSecretArn"
+
+
+def test_kms_decrypt_only_for_a_customer_managed_key(
+    template: dict[str, Any], chat_function: dict[str, Any]
+) -> None:
+    (policy,) = chat_function["Properties"]["Policies"]
+    (conditional,) = [statement for statement in policy["Statement"] if "If" in statement]
+    condition, statement, otherwise = conditional["If"]
+    assert condition == "HasSecretsKmsKey"
+    assert template["Conditions"]["HasSecretsKmsKey"] == {
+        "Not": [{"Equals": [{"Ref": "SecretsKmsKeyArn"}, ""]}]
+    }
+    assert template["Parameters"]["SecretsKmsKeyArn"]["Default"] == ""
+    assert statement["Action"] == "kms:Decrypt"
+    assert statement["Resource"] == {"Ref": "SecretsKmsKeyArn"}
+    via = statement["Condition"]["StringEquals"]["kms:ViaService"]
+    assert via == {"Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
+    assert otherwise == {"Ref": "AWS::NoValue"}
 
 
 def test_key_secret_is_created_only_when_no_arn_is_given(

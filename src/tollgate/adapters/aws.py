@@ -6,8 +6,9 @@ import asyncio
 import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -22,31 +23,59 @@ T = TypeVar("T")
 
 # Enough pooled connections for the thread pool that runs boto3 calls off the event loop.
 MAX_POOL_CONNECTIONS = 64
-
-
-def dynamodb_config(timeout_s: float, max_attempts: int) -> Config:
-    # boto3's defaults (60 s read timeout, legacy retries) turn an outage into minutes of waiting.
-    return Config(
-        connect_timeout=timeout_s,
-        read_timeout=timeout_s,
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        max_pool_connections=MAX_POOL_CONNECTIONS,
-        tcp_keepalive=True,
-        # Our requests are built by code, not users: skip botocore's per-call schema walk.
-        parameter_validation=False,
-    )
-
-
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_MAX_ATTEMPTS = 3
 
 
-@lru_cache(maxsize=4)
+@dataclass(frozen=True, slots=True)
+class ClientProfile:
+    """How a client waits and retries (hashable, so clients are cached per profile)."""
+
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+
+    def config(self) -> Config:
+        return Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            tcp_keepalive=True,
+            # Our requests are built by code, not users: skip botocore's per-call schema walk.
+            parameter_validation=False,
+        )
+
+
+def request_profile(
+    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> ClientProfile:
+    """For calls a client request waits on: boto3's defaults (60 s read timeout, legacy
+    retries) would turn an outage into minutes of waiting; this fails closed in seconds."""
+    return ClientProfile(timeout_s, timeout_s, max_attempts)
+
+
+# The aggregator's batch work: adaptive retries back off (with jitter and a client-side rate
+# limiter) on the throttling that FilterLogEvents and PutMetricData raise under load.
+BATCH_PROFILE = ClientProfile(
+    connect_timeout_s=5, read_timeout_s=30, max_attempts=10, retry_mode="adaptive"
+)
+
+
+@lru_cache(maxsize=16)
+def aws_client(service: str, profile: ClientProfile) -> Any:
+    """Every boto3 client of the process, built once per (service, profile).
+
+    The endpoint comes from boto3's own environment (AWS_ENDPOINT_URL_<SERVICE>).
+    """
+    return boto3.client(service, config=profile.config())  # type: ignore[call-overload]
+
+
 def dynamodb_client(
     timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
 ) -> DynamoDBClient:
-    """One client per process (per configuration); the endpoint comes from boto3's own env."""
-    return boto3.client("dynamodb", config=dynamodb_config(timeout_s, max_attempts))
+    return cast("DynamoDBClient", aws_client("dynamodb", request_profile(timeout_s, max_attempts)))
 
 
 _executor: ThreadPoolExecutor | None = None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-import boto3
-from botocore.config import Config
-
-from tollgate.rollups import COST_RECORD_MESSAGE, LogEvent, Window
+from tollgate.adapters.aws import BATCH_PROFILE, aws_client
+from tollgate.aggregation.rollups import LogEvent
+from tollgate.aggregation.windows import Window
+from tollgate.observability import COST_RECORD_MESSAGE
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
@@ -18,23 +18,8 @@ if TYPE_CHECKING:
 COST_RECORD_FILTER = f'"{COST_RECORD_MESSAGE}"'
 
 
-def aws_batch_config() -> Config:
-    """Config for the aggregator's clients.
-
-    Adaptive retries back off exponentially (with jitter and a client-side rate limiter)
-    on ThrottlingException and other throttling errors, which FilterLogEvents and
-    PutMetricData raise under load.
-    """
-    return Config(
-        connect_timeout=5,
-        read_timeout=30,
-        retries={"mode": "adaptive", "total_max_attempts": 10},
-    )
-
-
 def logs_client() -> CloudWatchLogsClient:
-    """A logs client; boto3 itself honours AWS_ENDPOINT_URL_CLOUDWATCH_LOGS and the rest."""
-    return boto3.client("logs", config=aws_batch_config())
+    return cast("CloudWatchLogsClient", aws_client("logs", BATCH_PROFILE))
 
 
 class LogGroupNotFoundError(LookupError):

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-import boto3
-
-from tollgate.adapters.cost_logs import aws_batch_config
-from tollgate.rollups import Reconciliation, Rollup, Window
+from tollgate.adapters.aws import BATCH_PROFILE, aws_client
+from tollgate.aggregation.rollups import Reconciliation, Rollup
+from tollgate.aggregation.windows import Window
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
 
-NAMESPACE = "Tollgate"
 # PutMetricData accepts up to 1000 metrics per call; stay well inside the 1 MB payload too.
 MAX_DATUMS_PER_CALL = 500
 # CloudWatch rejects datapoints older than two weeks; leave a margin for slow runs.
@@ -47,8 +45,7 @@ PUBLISHED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
 
 
 def cloudwatch_client() -> CloudWatchClient:
-    """A CloudWatch client; boto3 honours AWS_ENDPOINT_URL_CLOUDWATCH."""
-    return boto3.client("cloudwatch", config=aws_batch_config())
+    return cast("CloudWatchClient", aws_client("cloudwatch", BATCH_PROFILE))
 
 
 def _datum(
@@ -102,7 +99,7 @@ def chunks(data: list[MetricDatumTypeDef], size: int) -> Iterator[list[MetricDat
 
 
 class MetricsPublisher:
-    def __init__(self, client: CloudWatchClient, namespace: str = NAMESPACE) -> None:
+    def __init__(self, client: CloudWatchClient, namespace: str) -> None:
         self._client = client
         self._namespace = namespace
 

@@ -18,14 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from tollgate.adapters.cost_logs import aws_batch_config
+from tollgate.adapters.aws import BATCH_PROFILE, aws_client
+from tollgate.aggregation.rollups import Counts, Rollup, UserTotal
+from tollgate.aggregation.windows import Window, parse_iso, to_ms
 from tollgate.budget import iso_z
-from tollgate.rollups import Counts, Rollup, UserTotal, Window, parse_iso, to_ms
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 ROLLUP_SK = "ROLLUP"
 USAGE_BY_DAY_INDEX = "by-day"
 BUDGET_PK_PREFIX = "USER#"
-# Per-user totals kept in a window item (for exact day top spenders); beyond this the
-# smallest spenders are dropped and the item says so, to stay far below the 400 KB limit.
-MAX_USERS_PER_ITEM = 2000
+# DynamoDB refuses items over 400 KB. A window item keeps its per-user totals (for exact
+# day top spenders) in at most this many bytes, counted as DynamoDB counts them; beyond
+# that the smallest spenders are dropped and the item says so. User ids are up to 128
+# characters of any script, so a count of users would not bound the size.
+MAX_ITEM_BYTES = 400 * 1024
+USERS_MAP_MAX_BYTES = 300 * 1024
 TOP_USERS_PER_ITEM = 10
 _BATCH_GET_LIMIT = 100
 _UNPROCESSED_RETRIES = 8
@@ -45,9 +48,8 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-def dynamodb_client() -> DynamoDBClient:
-    """A DynamoDB client; boto3 honours AWS_ENDPOINT_URL_DYNAMODB."""
-    return boto3.client("dynamodb", config=aws_batch_config())
+def batch_dynamodb_client() -> DynamoDBClient:
+    return cast("DynamoDBClient", aws_client("dynamodb", BATCH_PROFILE))
 
 
 def window_key(window: Window) -> dict[str, AttributeValueTypeDef]:
@@ -76,9 +78,46 @@ def _counts(values: Mapping[str, Any]) -> Counts:
     )
 
 
+def attribute_size(value: Any) -> int:
+    """An attribute value's size as DynamoDB counts it against the item limit (numbers at
+    their upper bound: one byte per two significant digits, plus one)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int | Decimal):
+        return len(str(abs(value))) // 2 + 2
+    if isinstance(value, Mapping):
+        return 3 + sum(attribute_size(k) + attribute_size(v) + 1 for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 3 + sum(attribute_size(v) + 1 for v in value)
+    raise TypeError(f"no DynamoDB size for {type(value).__name__}")
+
+
+def item_size(attributes: Mapping[str, Any]) -> int:
+    return sum(attribute_size(name) + attribute_size(value) for name, value in attributes.items())
+
+
+def _user_attrs(total: UserTotal) -> dict[str, int]:
+    return {"cost_micros": total.cost_micros, "tokens": total.tokens}
+
+
+def _fitting_users(ranked: list[tuple[str, UserTotal]]) -> list[tuple[str, UserTotal]]:
+    """The biggest spenders whose entries fit in USERS_MAP_MAX_BYTES."""
+    used = 3
+    for kept, (user_id, total) in enumerate(ranked):
+        used += attribute_size(user_id) + attribute_size(_user_attrs(total)) + 1
+        if used > USERS_MAP_MAX_BYTES:
+            return ranked[:kept]
+    return ranked
+
+
 def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
     """The rollup as plain attributes (integers, maps, lists) for an item."""
-    ranked = rollup.top_users(MAX_USERS_PER_ITEM if keep_users else TOP_USERS_PER_ITEM)
+    if keep_users:
+        ranked = _fitting_users(rollup.top_users(len(rollup.users)))
+    else:
+        ranked = rollup.top_users(TOP_USERS_PER_ITEM)
     attributes: dict[str, Any] = {
         "start": iso_z(rollup.window.start),
         "end": iso_z(rollup.window.end),
@@ -87,7 +126,7 @@ def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
         "by_outcome": dict(rollup.by_outcome),
         "by_prompt": {k: _counts_attrs(v) for k, v in rollup.by_prompt.items()},
         "top_users": [
-            {"user_id": user_id, "cost_micros": total.cost_micros, "tokens": total.tokens}
+            {"user_id": user_id, **_user_attrs(total)}
             for user_id, total in ranked[:TOP_USERS_PER_ITEM]
         ],
         "users_complete": rollup.users_complete and len(ranked) == len(rollup.users),
@@ -95,10 +134,7 @@ def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
         "skipped_lines": rollup.skipped_lines,
     }
     if keep_users:
-        attributes["users"] = {
-            user_id: {"cost_micros": total.cost_micros, "tokens": total.tokens}
-            for user_id, total in ranked
-        }
+        attributes["users"] = {user_id: _user_attrs(total) for user_id, total in ranked}
     return attributes
 
 

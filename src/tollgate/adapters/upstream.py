@@ -26,7 +26,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from tollgate.adapters.secrets import RotatingSecret
+from tollgate.adapters.secrets import FixedSecret, RotatingSecret
 from tollgate.errors import (
     GatewayError,
     UpstreamMisconfigured,
@@ -149,7 +149,7 @@ class OpenAIUpstream:
         *,
         attempt_timeout_s: float,
         retries_per_model: int = RETRIES_PER_MODEL,
-        api_key: RotatingSecret | None = None,
+        api_key: RotatingSecret | FixedSecret | None = None,
     ) -> None:
         self._client = client.with_options(max_retries=0)
         self._attempt_timeout_s = attempt_timeout_s
@@ -157,10 +157,15 @@ class OpenAIUpstream:
         self._api_key = api_key
 
     async def _current_client(self) -> AsyncOpenAI:
-        """The client, with the API key from Secrets Manager when the key lives there."""
+        """The client with the current key; without one, nothing is sent upstream."""
         if self._api_key is not None:
             key = await self._api_key.current()
-            if key and key != self._client.api_key:
+            if not key:
+                raise UpstreamMisconfigured(
+                    "the gateway has no OpenAI API key (OPENAI_API_KEY is empty, or its secret "
+                    "is not filled yet)"
+                )
+            if key != self._client.api_key:
                 self._client = self._client.with_options(api_key=key)
         return self._client
 
@@ -174,6 +179,7 @@ class OpenAIUpstream:
         extra: dict[str, Any] | None = None,
     ) -> tuple[OpenAIStream, list[str]]:
         tried: list[str] = []
+        client = await self._current_client()  # no key: refused before anything is sent
         last_error = "no model was tried"
         retry_hint: float | None = None
         for model in models:
@@ -188,7 +194,9 @@ class OpenAIUpstream:
                         tried,
                     )
                 try:
-                    stream = await self._attempt(model, messages, max_tokens, remaining, extra)
+                    stream = await self._attempt(
+                        client, model, messages, max_tokens, remaining, extra
+                    )
                     return stream, tried
                 except openai.APIStatusError as exc:
                     status = exc.status_code
@@ -234,6 +242,7 @@ class OpenAIUpstream:
 
     async def _attempt(
         self,
+        client: AsyncOpenAI,
         model: str,
         messages: list[Message],
         max_tokens: int,
@@ -251,7 +260,6 @@ class OpenAIUpstream:
         )
         # `messages=[]` is replaced by extra_body's: the SDK's per-request transform of the
         # typed params (a recursive walk of every message) is skipped, the wire body is the same.
-        client = await self._current_client()
         context = client.chat.completions.with_streaming_response.create(
             model=model, messages=[], stream=True, extra_body=body, timeout=timeout
         )

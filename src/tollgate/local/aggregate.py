@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(local_environment(dict(os.environ), read_state()))
     ensure_rollups_table(os.environ["ROLLUPS_TABLE"])
 
-    from tollgate.aggregator import handler
+    from tollgate.aggregation.handler import handler
 
     summary = handler(event, LocalContext(aws_request_id=str(uuid.uuid4())))  # type: ignore[arg-type]
     json.dump(summary, sys.stdout, indent=2)

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from tollgate.rollups import COST_RECORD_MESSAGE
+from tollgate.observability import COST_RECORD_MESSAGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

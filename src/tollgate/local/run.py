@@ -311,6 +311,9 @@ class LocalRunner:
                 "60",
             ],
             pipe_stdout=True,
+            # As under the Web Adapter: stdout is a block-buffered pipe, so every log line
+            # reaches the log shipper only because the gateway flushes it.
+            unbuffered=False,
         )
         base_url = f"http://127.0.0.1:{port}"
         self._wait_for_health("gateway", f"{base_url}/health", process)
@@ -354,12 +357,14 @@ class LocalRunner:
     # -- children --------------------------------------------------------------------------
 
     def _spawn(
-        self, name: str, command: list[str], *, pipe_stdout: bool = False
+        self, name: str, command: list[str], *, pipe_stdout: bool = False, unbuffered: bool = True
     ) -> subprocess.Popen[str]:
         if self.stopping:
             raise StopRequested
         environment = dict(self.env)
-        environment["PYTHONUNBUFFERED"] = "1"
+        environment.pop("PYTHONUNBUFFERED", None)
+        if unbuffered:
+            environment["PYTHONUNBUFFERED"] = "1"
         # No new session or process group: the terminal's Ctrl-C must reach the children too.
         process = subprocess.Popen(
             command,
