@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tollgate.auth import Authenticator, JwtConfig
-from tollgate.budget import Payer
+from tollgate.budget import DEFAULT_PLAN, Payer
 from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
 from tollgate.observability import CostRecorder
@@ -124,10 +124,10 @@ def deps(request: Request) -> Dependencies:
 async def authenticate(request: Request) -> Payer:
     authenticator = deps(request).authenticator
     if authenticator.may_block:
-        user_id = await run_in_threadpool(authenticator.user_id, request.headers)
+        identity = await run_in_threadpool(authenticator.identify, request.headers)
     else:
-        user_id = authenticator.user_id(request.headers)
-    return Payer(user_id)
+        identity = authenticator.identify(request.headers)
+    return Payer(identity.user_id, identity.plan or DEFAULT_PLAN, identity.team)
 
 
 def authenticated(
@@ -357,6 +357,8 @@ def build_dependencies(
             jwks_url=settings.jwks_url,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            plan_claim=settings.plan_claim,
+            team_claim=settings.team_claim,
         ),
     )
     return Dependencies(service=service, authenticator=authenticator)

@@ -15,6 +15,8 @@ LEEWAY_S = 30
 JWKS_CACHE_S = 600
 JWKS_TIMEOUT_S = 5
 END_USER_HEADER = "x-end-user-id"
+END_USER_PLAN_HEADER = "x-end-user-plan"
+END_USER_TEAM_HEADER = "x-end-user-team"
 # The Lambda Web Adapter passes the function URL's request context in this header.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
 MAX_USER_ID_LENGTH = 128
@@ -26,6 +28,17 @@ class JwtConfig:
     jwks_url: str | None = None
     issuer: str | None = None
     audience: str | None = None
+    plan_claim: str = "plan"
+    team_claim: str = "team"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The caller: the end user, and the plan and team their budgets come from (if named)."""
+
+    user_id: str
+    plan: str | None = None
+    team: str | None = None
 
 
 class Authenticator:
@@ -57,11 +70,14 @@ class Authenticator:
         return self._jwks is not None
 
     def user_id(self, headers: Mapping[str, str]) -> str:
+        return self.identify(headers).user_id
+
+    def identify(self, headers: Mapping[str, str]) -> Identity:
         if self._mode == "iam":
             return self._iam_user(headers)
         return self._jwt_user(headers)
 
-    def _jwt_user(self, headers: Mapping[str, str]) -> str:
+    def _jwt_user(self, headers: Mapping[str, str]) -> Identity:
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -93,9 +109,13 @@ class Authenticator:
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated("invalid or expired token") from exc
-        return _valid_user_id(claims.get("sub"))
+        return Identity(
+            _valid_user_id(claims.get("sub")),
+            _optional_name(claims.get(self._jwt.plan_claim)),
+            _optional_name(claims.get(self._jwt.team_claim)),
+        )
 
-    def _iam_user(self, headers: Mapping[str, str]) -> str:
+    def _iam_user(self, headers: Mapping[str, str]) -> Identity:
         try:
             context = json.loads(headers.get(REQUEST_CONTEXT_HEADER, ""))
         except ValueError as exc:
@@ -104,12 +124,23 @@ class Authenticator:
         iam = authorizer.get("iam") if isinstance(authorizer, dict) else None
         if not isinstance(iam, dict) or not (iam.get("userArn") or iam.get("callerId")):
             raise Unauthenticated("no IAM-authorised request context")
-        return _valid_user_id(headers.get(END_USER_HEADER))
+        return Identity(
+            _valid_user_id(headers.get(END_USER_HEADER)),
+            _optional_name(headers.get(END_USER_PLAN_HEADER)),
+            _optional_name(headers.get(END_USER_TEAM_HEADER)),
+        )
 
 
-def _valid_user_id(value: object) -> str:
+def _valid_user_id(value: object, what: str = "user id") -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
-        raise Unauthenticated("no valid user id")
+        raise Unauthenticated(f"no valid {what}")
     if any(unicodedata.category(char) == "Cc" for char in value):
-        raise Unauthenticated("no valid user id")
+        raise Unauthenticated(f"no valid {what}")
     return value
+
+
+def _optional_name(value: object) -> str | None:
+    """A plan or team name: absent is None; anything but a valid name is refused."""
+    if value is None:
+        return None
+    return _valid_user_id(value, "plan or team name")

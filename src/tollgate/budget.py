@@ -239,6 +239,23 @@ class BudgetPolicy:
                     Account(scope, owner, window, period_of(window, at)), window_limits
                 )
 
+    def other_shards(self, line: BudgetLine) -> list[BudgetLine]:
+        """For a global line: the same window's other shards, in random order (else none)."""
+        account = line.account
+        limits = None if self.budgets.global_ is None else self.budgets.global_.of(account.window)
+        if account.scope != "global" or limits is None:
+            return []
+        shards = self.global_shards(limits)
+        others = [shard for shard in range(shards) if str(shard) != account.owner]
+        random.shuffle(others)
+        return [
+            BudgetLine(
+                Account("global", str(shard), account.window, account.period),
+                shard_limits(limits, shards, shard),
+            )
+            for shard in others
+        ]
+
     def global_shards(self, limits: Limits) -> int:
         """How many shards a global limit spreads over: each holds several typical requests."""
         counts = []

@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tollgate.budget import BudgetLine, BudgetPolicy, Payer, expires_at, seconds_to_reset
 from tollgate.errors import BudgetExceeded, RateLimited
 from tollgate.observability import CostRecord, CostRecorder
-from tollgate.ports import Account, Amount, BudgetCounters, RateWindow, RateWindowFull, UsageStore
+from tollgate.ports import (
+    Account,
+    Amount,
+    BudgetAlerts,
+    BudgetCounters,
+    RateWindow,
+    RateWindowFull,
+    UsageStore,
+)
 
 SETTLE_ATTEMPTS = 4
+RELEASE_RETRIES = 6
+RELEASE_RETRY_FIRST_S = 0.5
 RATE_WINDOW_FORMAT = "%Y-%m-%dT%H:%M"
 
 
@@ -33,6 +45,9 @@ class Hold:
     lines: tuple[BudgetLine, ...]
     amount: Amount
     held: dict[Account, Amount] = field(default_factory=dict)
+    # Writes whose answer never came (a timeout): they may have landed, so a give-back
+    # releases them too (a release only matches the hold it names).
+    unconfirmed: dict[Account, Amount] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +75,14 @@ class Ledger:
         recorder: CostRecorder,
         *,
         rate_limit_per_minute: int,
+        alerts: BudgetAlerts | None = None,
     ) -> None:
         self._usage = usage
         self.policy = policy
         self._recorder = recorder
         self._rate_limit = rate_limit_per_minute
+        self._alerts = alerts
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ admission
 
@@ -105,6 +123,22 @@ class Ledger:
             raise failure
         raise self._refusal(refused[0], started_at)
 
+    async def _other_shards(self, hold: Hold, refused: list[BudgetLine]) -> list[BudgetLine]:
+        """A global shard without room: try the window's other shards, one at a time.
+
+        Only on this refusal path, so an admitted request still takes one round trip; a
+        request is refused only when no shard has room for it (see BudgetPolicy).
+        """
+        still_refused = []
+        for line in refused:
+            for other in self.policy.other_shards(line):
+                if await self._reserve(hold, other, hold.amount, None) is not None:
+                    hold.lines = tuple(other if held is line else held for held in hold.lines)
+                    break
+            else:
+                still_refused.append(line)
+        return still_refused
+
     async def top_up(self, hold: Hold, extra: Amount) -> None:
         """Grow every account's hold by `extra`; BudgetExceeded if one has no room."""
         new = hold.amount + extra
@@ -122,17 +156,20 @@ class Ledger:
     async def _reserve(
         self, hold: Hold, line: BudgetLine, amount: Amount, rate: RateWindow | None
     ) -> BudgetCounters | None:
+        account = line.account
+        hold.unconfirmed[account] = amount
         counters = await self._usage.reserve(
-            line.account,
+            account,
             hold.request_id,
             amount,
             line.limits,
-            expires_at(line.account),
-            previous=hold.held.get(line.account),
+            expires_at(account),
+            previous=hold.held.get(account),
             rate=rate,
         )
+        del hold.unconfirmed[account]
         if counters is not None:
-            hold.held[line.account] = amount
+            hold.held[account] = amount
         return counters
 
     def _refusal(self, line: BudgetLine, at: datetime) -> BudgetExceeded:
@@ -145,8 +182,13 @@ class Ledger:
         )
 
     async def give_back(self, hold: Hold) -> None:
-        """Release every hold of a request that was refused or never reached upstream."""
-        held = list(hold.held.items())
+        """Release every hold of a request that was refused or never reached upstream.
+
+        A release that fails (DynamoDB slow or down) is retried in the background for a
+        while: a refusal must not leave a phantom hold for the rest of the day.
+        """
+        held = [*hold.held.items(), *hold.unconfirmed.items()]
+        hold.held, hold.unconfirmed = {}, {}
         results = await asyncio.shield(
             asyncio.gather(
                 *(
@@ -156,16 +198,35 @@ class Ledger:
                 return_exceptions=True,
             )
         )
-        for (account, _), result in zip(held, results, strict=True):
+        for (account, amount), result in zip(held, results, strict=True):
             if isinstance(result, BaseException):
-                self._recorder.error(
-                    "release_failed",
-                    request_id=hold.request_id,
-                    scope=account.scope,
-                    error=repr(result),
-                )
-            else:
-                hold.held.pop(account, None)
+                self._later(self._release_eventually(hold.request_id, account, amount))
+
+    async def _release_eventually(self, request_id: str, account: Account, amount: Amount) -> None:
+        delay = RELEASE_RETRY_FIRST_S
+        for attempt in range(RELEASE_RETRIES):
+            await asyncio.sleep(delay)
+            try:
+                await self._usage.release(account, request_id, amount)
+                return
+            except Exception as exc:
+                if attempt == RELEASE_RETRIES - 1:
+                    self._recorder.error(
+                        "release_failed",
+                        request_id=request_id,
+                        scope=account.scope,
+                        window=account.window,
+                        held_tokens=amount.tokens,
+                        held_micros=amount.micros,
+                        error=repr(exc),
+                    )
+            delay *= 2
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` off the request's path, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------ settlement
 
@@ -205,8 +266,16 @@ class Ledger:
             hold.held.pop(line.account, None)
             if counters is None:  # settled by an earlier attempt whose answer was lost
                 return await self.balance_of(line)
-            return Balance(line, counters)
+            balance = Balance(line, counters)
+            if self._alerts is not None and line.account.scope != "user":
+                self._observe(self._alerts, balance)
+            return balance
         return None
+
+    def _observe(self, alerts: BudgetAlerts, balance: Balance) -> None:
+        """Team and global utilisation, watched off the request's path."""
+        line = balance.line
+        self._later(alerts.observe(line.account, line.limits, balance.counters))
 
     async def balance_of(self, line: BudgetLine) -> Balance | None:
         try:

@@ -110,6 +110,13 @@ class UsageStore(Protocol):
     async def counters(self, account: Account) -> BudgetCounters: ...
 
 
+class BudgetAlerts(Protocol):
+    """Team and global utilisation: a notification once per threshold (80 %, 100 %) per
+    window, and the BudgetUtilizationPercent metric. Never raises into the caller."""
+
+    async def observe(self, account: Account, limits: Limits, counters: BudgetCounters) -> None: ...
+
+
 class RequestRegistry(Protocol):
     """Cross-instance cancel signals: the streaming instance polls, any instance may cancel.
 

@@ -19,6 +19,7 @@ from tollgate.ledger import Balance, Hold, Ledger
 from tollgate.metering import Meter
 from tollgate.observability import CostRecord
 from tollgate.ports import Message, UpstreamStream
+from tollgate.summaries import SummaryCharge
 from tollgate.turns import TurnWriter
 
 FAILURE_MESSAGES = {
@@ -47,6 +48,8 @@ class Outcome:
     cost_micros: int
     # The user's day account after settlement (None when it could not be read)
     balance: Balance | None
+    # A summary call this turn caused, charged to the same user
+    summary: SummaryCharge | None = None
 
     def failure(self) -> tuple[str, str] | None:
         """(code, message) when the stream ended in failure after it started."""
@@ -223,11 +226,13 @@ class ChatStream:
         self._ledger.record(record, self._timing.clock_start)
         # The user's day account is every hold's first line.
         balance = None if isinstance(settled, BaseException) or not settled else settled[0]
+        summary = None
         if turn_writer is not None:
-            folded = await turn_writer.fold(
+            summary = await turn_writer.fold(
                 self._payer, stored=bool(stored), deadline=self._timing.deadline
             )
-            balance = (folded[0] if folded else None) or balance  # the summary settled later
+            if summary is not None and summary.balances and summary.balances[0] is not None:
+                balance = summary.balances[0]  # the summary call settled later
         if balance is None:
             balance = await self._ledger.balance_of(self._hold.lines[0])
         self._on_finished(self)
@@ -240,6 +245,7 @@ class ChatStream:
             record.output_tokens,
             record.cost_micros,
             balance,
+            None if summary is None else summary.charge,
         )
 
 

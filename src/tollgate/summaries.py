@@ -23,8 +23,21 @@ SUMMARY_PROMPT_NAME = "summarize"
 class Summary:
     text: str
     summary_tokens: int  # what the summary takes in a prompt
-    charged_tokens: int  # what the summary call cost (counts toward the conversation)
+    charge: SummaryCharge
     balances: list[Balance | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryCharge:
+    """What a summary call cost the user (shown in the turn's `usage` event)."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 class Summariser:
@@ -120,4 +133,5 @@ class Summariser:
         summary_tokens = history.summary_history_tokens(
             lambda summary_messages: counter.count_messages(model, summary_messages), text
         )
-        return Summary(text, summary_tokens, charged.tokens, balances)
+        charge = SummaryCharge(record.input_tokens, record.output_tokens, record.cost_micros)
+        return Summary(text, summary_tokens, charge, balances)

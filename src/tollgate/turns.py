@@ -9,10 +9,10 @@ from datetime import datetime
 
 from tollgate import history
 from tollgate.budget import Payer, iso_z
-from tollgate.ledger import Balance, Ledger
+from tollgate.ledger import Ledger
 from tollgate.observability import CostRecord
 from tollgate.ports import ConversationState, ConversationStore, TokenCounter, Turn
-from tollgate.summaries import Summariser
+from tollgate.summaries import Summariser, Summary
 
 # A turn is stored when its reply is complete or deliberately cut, never half.
 STORED_OUTCOMES = frozenset({"completed", "cancelled", "timeout"})
@@ -90,14 +90,14 @@ class TurnWriter:
             release_lease=self._plan is None,
         )
 
-    async def fold(self, payer: Payer, *, stored: bool, deadline: float) -> list[Balance | None]:
+    async def fold(self, payer: Payer, *, stored: bool, deadline: float) -> Summary | None:
         """Summarise aged turns when planned; on any failure the history degrades to a window."""
         plan = self._plan
         if plan is None:
-            return []
+            return None
         if not stored:
             await self._release()
-            return []
+            return None
         summary = await self._summariser.summarise(
             payer,
             self.state,
@@ -107,7 +107,7 @@ class TurnWriter:
         )
         if summary is None:
             await self._release()
-            return []
+            return None
         try:
             saved = await self._conversations.save_summary(
                 self.state,
@@ -115,7 +115,7 @@ class TurnWriter:
                 summary=summary.text,
                 through_turn=plan.through_turn,
                 summary_tokens=summary.summary_tokens,
-                charged_tokens=summary.charged_tokens,
+                charged_tokens=summary.charge.tokens,
                 now=self._clock(),
             )
         except Exception as exc:
@@ -123,7 +123,7 @@ class TurnWriter:
             saved = False
         if not saved:
             await self._release()
-        return summary.balances
+        return summary
 
     async def _release(self) -> None:
         with contextlib.suppress(Exception):

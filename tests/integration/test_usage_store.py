@@ -184,12 +184,14 @@ def test_retried_and_duplicated_writes_keep_usage_equal_to_settled_charges(
     limits = Limits(tokens=limit, cost_micros=None)
     held: dict[str, int] = {}
     settled_total = 0
+    # request ids are never reused: a settled or released request's index gets a new one
+    generation: dict[int, int] = {}
 
     async def scenario() -> None:
         nonlocal settled_total
         last = None
         for kind, index, value in ops:
-            request_id = f"r{index}"
+            request_id = f"r{index}-{generation.get(index, 0)}"
             if kind == "repeat":
                 if last is not None:
                     await last()  # the same write again: must change nothing
@@ -216,6 +218,7 @@ def test_retried_and_duplicated_writes_keep_usage_equal_to_settled_charges(
                 last = write
             elif request_id in held:
                 amount = held.pop(request_id)
+                generation[index] = generation.get(index, 0) + 1
                 if kind == "settle":
                     actual = int(amount * value)
 
@@ -239,3 +242,14 @@ def test_retried_and_duplicated_writes_keep_usage_equal_to_settled_charges(
             assert counters.tokens - counters.reserved_tokens == settled_total
 
     asyncio.run(scenario())
+
+
+def test_a_release_before_its_hold_landed_bars_the_late_write(new_store) -> None:
+    # Given a give-back that finds no hold (its write was lost or is still in flight)
+    store, alice = new_store(), user_day("alice")
+    run(store.release(alice, "r1", Amount(300, 30)))
+    # When the delayed write of that hold arrives
+    late = run(store.reserve(alice, "r1", Amount(300, 30), LIMITS, EXPIRES))
+    # Then it cannot land: nothing is held
+    assert late is None
+    assert run(store.counters(alice)).tokens == 0

@@ -58,6 +58,8 @@ class _Budget:
     requests: int = 0
     # request_id -> the request's open hold
     open: dict[str, Amount] = field(default_factory=dict)
+    # requests whose hold was given back: a late write of it cannot land
+    released: set[str] = field(default_factory=set)
     # minute (yyyy-mm-ddThh:mm) -> requests counted in it
     rate: dict[str, int] = field(default_factory=dict)
 
@@ -101,8 +103,8 @@ class MemoryUsageStore:
         held = None if budget is None else budget.open.get(request_id)
         if held == hold:
             return None if budget is None else budget.counters()  # a repeat that landed
-        if held != previous:
-            return None  # the caller's view of the hold is stale: refuse, like a condition
+        if held != previous or (budget is not None and request_id in budget.released):
+            return None  # a stale view of the hold, or one given back: refuse, like a condition
         before = previous or Amount(0, 0)
         extra = Amount(hold.tokens - before.tokens, hold.micros - before.micros)
         if (
@@ -142,7 +144,10 @@ class MemoryUsageStore:
 
     async def release(self, account: Account, request_id: str, held: Amount) -> None:
         budget = self._budgets.get(account)
-        if budget is None or budget.open.get(request_id) != held:
+        if budget is None:
+            budget = self._budgets[account] = _Budget(account.period)
+        if budget.open.get(request_id) != held:
+            budget.released.add(request_id)
             return
         del budget.open[request_id]
         budget.add(Amount(-held.tokens, -held.micros), Amount(-held.tokens, -held.micros))

@@ -47,6 +47,11 @@ def _hold_names(request_id: str) -> dict[str, str]:
     return {"#rt": f"rt_{request_id}", "#rc": f"rc_{request_id}"}
 
 
+def _released_name(request_id: str) -> str:
+    """Marks a request whose hold was given back: a delayed write of that hold cannot land."""
+    return f"rx_{request_id}"
+
+
 def _counters(period: str, item: dict[str, Any] | None) -> BudgetCounters:
     item = item or {}
     values = {name: int(item[name]["N"]) for name in _COUNTERS if name in item}
@@ -131,7 +136,8 @@ class DynamoUsageStore:
         adds = ["#tokens :dt", "#cost :dc", "reserved_tokens :dt", "reserved_micros :dc"]
         removes: list[str] = []
         if previous is None:
-            conditions = ["attribute_not_exists(#rt)"]
+            names["#rx"] = _released_name(request_id)
+            conditions = ["attribute_not_exists(#rt)", "attribute_not_exists(#rx)"]
         else:
             conditions = ["#rt = :pt", "#rc = :pc"]
             values.update({":pt": _n(previous.tokens), ":pc": _n(previous.micros)})
@@ -218,7 +224,15 @@ class DynamoUsageStore:
         return await self._close_hold(account, request_id, held, actual, count=True)
 
     async def release(self, account: Account, request_id: str, held: Amount) -> None:
-        await self._close_hold(account, request_id, held, Amount(0, 0), count=False)
+        if await self._close_hold(account, request_id, held, Amount(0, 0), count=False) is None:
+            # No such hold (yet): a write of it may still be in flight, so bar it.
+            await self._table.call(
+                "update_item",
+                Key=budget_key(account),
+                UpdateExpression="SET #rx = :one",
+                ExpressionAttributeNames={"#rx": _released_name(request_id)},
+                ExpressionAttributeValues={":one": _n(1)},
+            )
 
     async def counters(self, account: Account) -> BudgetCounters:
         response = await self._table.call("get_item", Key=budget_key(account), ConsistentRead=True)

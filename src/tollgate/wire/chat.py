@@ -110,6 +110,13 @@ def usage_event(outcome: Outcome) -> bytes:
     }
     if budget is None:
         data["budget_unavailable"] = "the budget store could not be read; try GET /usage"
+    if outcome.summary is not None:
+        # Folding older turns into the summary is charged to the same budget.
+        data["summary"] = {
+            "input_tokens": outcome.summary.input_tokens,
+            "output_tokens": outcome.summary.output_tokens,
+            "cost_usd": micros_to_usd(outcome.summary.cost_micros),
+        }
     return sse.event("usage", data)
 
 

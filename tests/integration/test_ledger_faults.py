@@ -1,0 +1,75 @@
+"""The ledger when DynamoDB is slow or paused: every charge counted once, refusals give back.
+
+The gateway runs under uvicorn with its DynamoDB client pointed at a fault proxy in front
+of the moto server (tests/fault_proxy.py): the proxy can drop an answer after the write
+landed (botocore then sends the write again) or hold every request for a while.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tollgate.adapters.aws import dynamodb_client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gateway_via_proxy(gateway_factory, fault_proxy, monkeypatch) -> Iterator[Any]:
+    """A gateway whose DynamoDB calls go through the fault proxy (short timeouts, 3 tries)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", fault_proxy.url)
+    dynamodb_client.cache_clear()
+    try:
+        with gateway_factory(dynamodb_timeout_s=0.4, dynamodb_max_attempts=3) as gateway:
+            yield gateway
+    finally:
+        dynamodb_client.cache_clear()
+
+
+def usage_event(response) -> dict[str, Any]:
+    blocks = [block for block in response.text.split("\n\n") if block.startswith("event: usage")]
+    import json
+
+    return json.loads(blocks[0].split("data: ", 1)[1])
+
+
+def test_a_hold_whose_answer_was_lost_is_counted_once(
+    gateway_via_proxy, fault_proxy, offline_model
+) -> None:
+    # Given a DynamoDB whose answer to the first budget write is lost after the write landed
+    fault_proxy.drop_responses("UpdateItem", count=1)
+    # When a chat goes through (botocore sends the write again)
+    response = gateway_via_proxy.chat("Hello")
+    # Then the reply is charged once: the usage equals what upstream reported
+    assert response.status_code == 200, response.text
+    assert fault_proxy.forwarded("UpdateItem") >= 3  # hold, its retry, settlement
+    used = usage_event(response)
+    charged = used["input_tokens"] + used["output_tokens"]
+    assert gateway_via_proxy.usage()["tokens_used"] == charged
+    assert used["budget"]["tokens_used"] == charged
+
+
+def test_a_refusal_after_a_paused_dynamodb_gives_its_hold_back(
+    gateway_via_proxy, fault_proxy, offline_model
+) -> None:
+    # Given DynamoDB paused past the client's timeouts (every try of the hold lands later)
+    fault_proxy.pause(2.0)
+    # When a chat arrives
+    response = gateway_via_proxy.chat("Hello")
+    # Then it fails closed, upstream is never called
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "dependency_unavailable"
+    assert offline_model.requests() == []
+    # And once DynamoDB answers again, the hold is given back: nothing stays charged
+    deadline = time.monotonic() + 15
+    used = None
+    while time.monotonic() < deadline:
+        used = gateway_via_proxy.usage()["tokens_used"]
+        if used == 0:
+            break
+        time.sleep(0.5)
+    assert used == 0
