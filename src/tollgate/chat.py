@@ -85,6 +85,7 @@ class ChatConfig:
     conversation_token_limit: int
     history_token_target: int
     stream_timeout_s: float
+    summary_timeout_s: float
     openai_timeout_s: float
     cancel_poll_s: float
     rate_limit_per_minute: int
@@ -148,6 +149,7 @@ class ChatService:
             instructions=prompts.summary,
             model=config.summary_model,
             history_token_target=config.history_token_target,
+            timeout_s=config.summary_timeout_s,
             clock=clock,
         )
         self._active: dict[str, ChatStream] = {}
@@ -445,6 +447,7 @@ def config_from_settings(settings: Settings) -> ChatConfig:
         conversation_token_limit=settings.conversation_token_limit,
         history_token_target=settings.history_token_target,
         stream_timeout_s=settings.stream_timeout_s,
+        summary_timeout_s=settings.summary_timeout_s,
         openai_timeout_s=settings.openai_timeout_s,
         cancel_poll_s=settings.cancel_poll_s,
         rate_limit_per_minute=settings.rate_limit_per_minute,

@@ -228,9 +228,7 @@ class ChatStream:
         balance = None if isinstance(settled, BaseException) or not settled else settled[0]
         summary = None
         if turn_writer is not None:
-            summary = await turn_writer.fold(
-                self._payer, stored=bool(stored), deadline=self._timing.deadline
-            )
+            summary = await turn_writer.fold(self._payer, stored=bool(stored))
             if summary is not None and summary.balances and summary.balances[0] is not None:
                 balance = summary.balances[0]  # the summary call settled later
         if balance is None:

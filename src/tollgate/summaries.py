@@ -50,6 +50,7 @@ class Summariser:
         instructions: str,
         model: str,
         history_token_target: int,
+        timeout_s: float,
         clock: Callable[[], datetime],
     ) -> None:
         self._ledger = ledger
@@ -58,6 +59,7 @@ class Summariser:
         self._instructions = instructions
         self._model = model
         self._cap = history.summary_max_tokens(history_token_target)
+        self._timeout_s = timeout_s
         self._clock = clock
 
     async def summarise(
@@ -67,12 +69,14 @@ class Summariser:
         plan: history.SummaryPlan,
         *,
         parent_request_id: str,
-        deadline: float,
     ) -> Summary | None:
-        """One summary call, held and charged like a chat call, with its own cost record."""
+        """One summary call, held and charged like a chat call, with its own cost record.
+
+        Its stream has its own deadline (SUMMARY_TIMEOUT_S from its start), not the chat's."""
         model = self._model
         started_at = self._clock()
         clock_start = time.monotonic()
+        deadline = clock_start + self._timeout_s
         request_id = f"{parent_request_id}-summary"
         messages = history.summary_request_messages(
             self._instructions, conversation.summary, plan.fold
@@ -101,14 +105,17 @@ class Summariser:
         parts: list[str] = []
         stream: UpstreamStream | None = None
         try:
-            stream, tried = await self._upstream.open_stream(
-                [model], messages, max_tokens=self._cap, deadline=deadline
-            )
-            record.models_tried = tried
-            async for text in stream.deltas():
-                if record.ttft_ms is None:
-                    record.ttft_ms = round((time.monotonic() - clock_start) * 1000, 1)
-                parts.append(text)
+            async with asyncio.timeout(self._timeout_s):
+                stream, tried = await self._upstream.open_stream(
+                    [model], messages, max_tokens=self._cap, deadline=deadline
+                )
+                record.models_tried = tried
+                async for text in stream.deltas():
+                    if record.ttft_ms is None:
+                        record.ttft_ms = round((time.monotonic() - clock_start) * 1000, 1)
+                    parts.append(text)
+        except TimeoutError:
+            record.outcome = "timeout"
         except Exception as exc:
             record.outcome = "upstream_error"
             record.error = str(exc)[:500]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -16,7 +15,6 @@ from tollgate.summaries import Summariser, Summary
 
 # A turn is stored when its reply is complete or deliberately cut, never half.
 STORED_OUTCOMES = frozenset({"completed", "cancelled", "timeout"})
-SUMMARY_GRACE_S = 5.0
 
 
 class TurnWriter:
@@ -90,7 +88,7 @@ class TurnWriter:
             release_lease=self._plan is None,
         )
 
-    async def fold(self, payer: Payer, *, stored: bool, deadline: float) -> Summary | None:
+    async def fold(self, payer: Payer, *, stored: bool) -> Summary | None:
         """Summarise aged turns when planned; on any failure the history degrades to a window."""
         plan = self._plan
         if plan is None:
@@ -103,7 +101,6 @@ class TurnWriter:
             self.state,
             plan,
             parent_request_id=self._request_id,
-            deadline=max(deadline, time.monotonic() + SUMMARY_GRACE_S),
         )
         if summary is None:
             await self._release()

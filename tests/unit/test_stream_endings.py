@@ -74,6 +74,7 @@ def service(log: io.StringIO) -> tuple[ChatService, SlowUpstream, MemoryUsageSto
             conversation_token_limit=200_000,
             history_token_target=4000,
             stream_timeout_s=60,
+            summary_timeout_s=20,
             openai_timeout_s=60,
             cancel_poll_s=1.0,
             rate_limit_per_minute=60,
