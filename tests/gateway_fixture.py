@@ -21,9 +21,13 @@ from tollgate.settings import Settings
 JWT_SECRET = "test-secret-for-the-gateway-tests-only"
 
 
-def make_token(user_id: str, *, secret: str = JWT_SECRET, expires_in_s: int = 3600) -> str:
+def make_token(
+    user_id: str, *, secret: str = JWT_SECRET, expires_in_s: int = 3600, **claims: Any
+) -> str:
     return jwt.encode(
-        {"sub": user_id, "exp": int(time.time()) + expires_in_s}, secret, algorithm="HS256"
+        {"sub": user_id, "exp": int(time.time()) + expires_in_s, **claims},
+        secret,
+        algorithm="HS256",
     )
 
 
@@ -44,18 +48,24 @@ class Gateway:
     def service(self) -> Any:
         return self.app.state.deps.service
 
-    def headers(self, user_id: str = "alice") -> dict[str, str]:
-        return {"Authorization": f"Bearer {make_token(user_id)}"}
+    def headers(self, user_id: str = "alice", **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
     def chat(
-        self, message: str = "Hello there", user_id: str = "alice", **fields: Any
+        self,
+        message: str = "Hello there",
+        user_id: str = "alice",
+        claims: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> httpx.Response:
         return self.http.post(
-            "/chat", json={"message": message, **fields}, headers=self.headers(user_id)
+            "/chat",
+            json={"message": message, **fields},
+            headers=self.headers(user_id, **(claims or {})),
         )
 
-    def usage(self, user_id: str = "alice") -> dict[str, Any]:
-        response = self.http.get("/usage", headers=self.headers(user_id))
+    def usage(self, user_id: str = "alice", **claims: Any) -> dict[str, Any]:
+        response = self.http.get("/usage", headers=self.headers(user_id, **claims))
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

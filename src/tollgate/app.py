@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
 from tollgate.observability import CostRecorder
 from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
+from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
 from tollgate.stream import ChatStream
 from tollgate.wire.body import MAX_BODY_BYTES, body_too_large
@@ -300,6 +303,15 @@ def memory_stores(settings: Settings) -> Stores:
     )
 
 
+def request_ids_keyed(key: str | None) -> RequestIds:
+    """Request ids signed with the deployment's key; without one (a local run with neither a
+    key nor a JWT secret) a key of this process only, so cancels reach this instance only."""
+    if not key:
+        log.warning("no REQUEST_ID_KEY: request ids are signed with a key of this process only")
+        return RequestIds(secrets.token_bytes(32))
+    return RequestIds(hashlib.sha256(key.encode()).digest())
+
+
 def build_dependencies(
     settings: Settings,
     *,
@@ -330,6 +342,9 @@ def build_dependencies(
         max_retries=0,
     )
     jwt_secret = settings.jwt_secret or resolve_secret(settings.jwt_secret_arn)
+    request_id_key = (
+        settings.request_id_key or resolve_secret(settings.request_id_key_secret_arn) or jwt_secret
+    )
     stores = (
         memory_stores(settings) if settings.store_backend == "memory" else dynamodb_stores(settings)
     )
@@ -345,6 +360,7 @@ def build_dependencies(
         prices=price_table(settings.price_table_path),
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
         recorder=recorder or CostRecorder(),
+        request_ids=request_ids_keyed(request_id_key),
         **({"clock": clock} if clock else {}),
         # The encodings (~0.3 s of CPU) load on first need, in a thread, after the first
         # reply streamed: a cold instance's first requests reserve byte bounds instead.

@@ -9,6 +9,7 @@ upstream opened. They return a `ChatStream` (tollgate.stream) that settles itsel
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from tollgate.ports import (
 )
 from tollgate.pricing import ModelPrice, PriceTable
 from tollgate.prompts import PromptLibrary
-from tollgate.request_ids import new_request_id, owns_request
+from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings
 from tollgate.stream import ChatStream, Prompt, Timing
 from tollgate.summaries import Summariser
@@ -117,6 +118,7 @@ class ChatService:
         prices: PriceTable,
         prompts: PromptLibrary,
         recorder: CostRecorder,
+        request_ids: RequestIds | None = None,
         clock: Callable[[], datetime] = utc_now,
         lazy_encoding: bool = False,
     ) -> None:
@@ -124,6 +126,7 @@ class ChatService:
         the encodings load in a thread (see tollgate.counting)."""
         prices.require([*config.model_chain, config.summary_model])
         self.config = config
+        self._request_ids = request_ids or RequestIds(secrets.token_bytes(32))
         self._requests = requests
         self._conversations = conversations
         self._upstream = upstream
@@ -167,7 +170,7 @@ class ChatService:
         await self._conversations.delete(conversation_id, user_id)
 
     async def cancel(self, user_id: str, request_id: str) -> None:
-        if not owns_request(request_id, user_id):
+        if not self._request_ids.owns(request_id, user_id):
             raise NotFound("no such request")
         await self._requests.signal_cancel(
             request_id, int(self._clock().timestamp()) + CANCEL_SIGNAL_TTL_S
@@ -287,7 +290,7 @@ class ChatService:
         config = self.config
         started_at = self._clock()
         clock_start = time.monotonic()
-        request_id = new_request_id(payer.user_id)
+        request_id = self._request_ids.issue(payer.user_id)
         return _Pending(
             payer=payer,
             request_id=request_id,

@@ -48,6 +48,8 @@ class Hold:
     # Writes whose answer never came (a timeout): they may have landed, so a give-back
     # releases them too (a release only matches the hold it names).
     unconfirmed: dict[Account, Amount] = field(default_factory=dict)
+    # Holds answered only after a retry: an earlier try may land late, so closing bars it.
+    retried: set[Account] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,8 @@ class Ledger:
         del hold.unconfirmed[account]
         if counters is not None:
             hold.held[account] = amount
+            if counters.retried:
+                hold.retried.add(account)
         return counters
 
     def _refusal(self, line: BudgetLine, at: datetime) -> BudgetExceeded:
@@ -187,18 +191,21 @@ class Ledger:
         A release that fails (DynamoDB slow or down) is retried in the background for a
         while: a refusal must not leave a phantom hold for the rest of the day.
         """
-        held = [*hold.held.items(), *hold.unconfirmed.items()]
+        # A hold whose write was never answered, or answered only after a retry, may still
+        # land late: its release bars that.
+        held = [(account, amount, account in hold.retried) for account, amount in hold.held.items()]
+        held += [(account, amount, True) for account, amount in hold.unconfirmed.items()]
         hold.held, hold.unconfirmed = {}, {}
         results = await asyncio.shield(
             asyncio.gather(
                 *(
-                    self._usage.release(account, hold.request_id, amount)
-                    for account, amount in held
+                    self._usage.release(account, hold.request_id, amount, bar_late_writes=bar)
+                    for account, amount, bar in held
                 ),
                 return_exceptions=True,
             )
         )
-        for (account, amount), result in zip(held, results, strict=True):
+        for (account, amount, _), result in zip(held, results, strict=True):
             if isinstance(result, BaseException):
                 self._later(self._release_eventually(hold.request_id, account, amount))
 
@@ -207,7 +214,7 @@ class Ledger:
         for attempt in range(RELEASE_RETRIES):
             await asyncio.sleep(delay)
             try:
-                await self._usage.release(account, request_id, amount)
+                await self._usage.release(account, request_id, amount, bar_late_writes=True)
                 return
             except Exception as exc:
                 if attempt == RELEASE_RETRIES - 1:
@@ -244,7 +251,13 @@ class Ledger:
         delay = 0.1
         for attempt in range(SETTLE_ATTEMPTS):
             try:
-                counters = await self._usage.settle(line.account, hold.request_id, held, actual)
+                counters = await self._usage.settle(
+                    line.account,
+                    hold.request_id,
+                    held,
+                    actual,
+                    bar_late_writes=line.account in hold.retried,
+                )
             except Exception as exc:
                 if attempt == SETTLE_ATTEMPTS - 1:
                     self._recorder.error(

@@ -62,6 +62,9 @@ class BudgetCounters:
     reserved_tokens: int = 0
     reserved_micros: int = 0
     requests: int = 0
+    # The write was answered only after the client retried it: an earlier try may still
+    # be in flight, so closing this hold must bar a late landing (UsageStore.release).
+    retried: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,24 @@ class UsageStore(Protocol):
         """
 
     async def settle(
-        self, account: Account, request_id: str, held: Amount, actual: Amount
+        self,
+        account: Account,
+        request_id: str,
+        held: Amount,
+        actual: Amount,
+        *,
+        bar_late_writes: bool = False,
     ) -> BudgetCounters | None:
         """Replace the request's hold by its actual charge. None if no hold (settled already)."""
 
-    async def release(self, account: Account, request_id: str, held: Amount) -> None:
-        """Drop the request's hold without a charge (idempotent)."""
+    async def release(
+        self, account: Account, request_id: str, held: Amount, *, bar_late_writes: bool = False
+    ) -> None:
+        """Drop the request's hold without a charge (idempotent).
+
+        `bar_late_writes`: the hold's write was never answered and may still land (a retry
+        in flight): mark the request so that such a write cannot land afterwards.
+        """
 
     async def counters(self, account: Account) -> BudgetCounters: ...
 

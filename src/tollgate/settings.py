@@ -57,6 +57,9 @@ class Settings(BaseSettings):
 
     auth_mode: Literal["jwt", "iam"] = "jwt"
     jwt_secret: str | None = None
+    # Signs request ids (who may cancel a stream); every instance must share it.
+    request_id_key: str | None = None
+    request_id_key_secret_arn: str | None = None
     jwt_secret_arn: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None

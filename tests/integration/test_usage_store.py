@@ -247,9 +247,20 @@ def test_retried_and_duplicated_writes_keep_usage_equal_to_settled_charges(
 def test_a_release_before_its_hold_landed_bars_the_late_write(new_store) -> None:
     # Given a give-back that finds no hold (its write was lost or is still in flight)
     store, alice = new_store(), user_day("alice")
-    run(store.release(alice, "r1", Amount(300, 30)))
+    run(store.release(alice, "r1", Amount(300, 30), bar_late_writes=True))
     # When the delayed write of that hold arrives
     late = run(store.reserve(alice, "r1", Amount(300, 30), LIMITS, EXPIRES))
     # Then it cannot land: nothing is held
     assert late is None
+    assert run(store.counters(alice)).tokens == 0
+
+
+def test_a_barred_release_of_a_landed_hold_also_bars_its_retries(new_store) -> None:
+    # Given a hold that landed, given back while a retry of its write is still in flight
+    store, alice = new_store(), user_day("alice")
+    run(store.reserve(alice, "r1", Amount(300, 30), LIMITS, EXPIRES))
+    run(store.release(alice, "r1", Amount(300, 30), bar_late_writes=True))
+    # When the retry lands
+    assert run(store.reserve(alice, "r1", Amount(300, 30), LIMITS, EXPIRES)) is None
+    # Then nothing is held
     assert run(store.counters(alice)).tokens == 0

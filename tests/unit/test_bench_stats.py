@@ -10,7 +10,7 @@ import pytest
 from bench.operating_cost import request_units, token_cost_per_1000
 from bench.stats import Call, percentile, ratio, round_trip_depth
 from bench.targets import lambda_checks, round_trip_checks
-from tollgate.pricing import ModelPrice, PriceTable
+from tollgate.pricing import ModelPrice, ModelSpec, PriceTable
 
 
 def test_percentile_is_nearest_rank_and_nan_without_values() -> None:
@@ -106,7 +106,8 @@ def test_request_units_follow_dynamodb_on_demand_rules(
 
 def test_token_cost_reads_the_price_table_and_marks_missing_models() -> None:
     one = Decimal("1")
-    prices = PriceTable(as_of="x", prices={"gpt-4o-mini": ModelPrice(one, one, one)})
+    spec = ModelSpec(ModelPrice(one, one, one), "o200k_base", False, "max_completion_tokens", None)
+    prices = PriceTable(as_of="x", source="test", models={"gpt-4o-mini": spec})
     costs = token_cost_per_1000(prices)
     # 1,500 input + 500 output tokens at $1 per 1M tokens, 1,000 times
     assert costs["gpt-4o-mini"] == pytest.approx(2.0)

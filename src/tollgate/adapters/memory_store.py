@@ -129,9 +129,17 @@ class MemoryUsageStore:
         return budget.counters()
 
     async def settle(
-        self, account: Account, request_id: str, held: Amount, actual: Amount
+        self,
+        account: Account,
+        request_id: str,
+        held: Amount,
+        actual: Amount,
+        *,
+        bar_late_writes: bool = False,
     ) -> BudgetCounters | None:
         budget = self._budgets.get(account)
+        if budget is not None and bar_late_writes:
+            budget.released.add(request_id)
         if budget is None or budget.open.get(request_id) != held:
             return None  # settled already: a retry must not count twice
         del budget.open[request_id]
@@ -142,12 +150,15 @@ class MemoryUsageStore:
         budget.requests += 1
         return budget.counters()
 
-    async def release(self, account: Account, request_id: str, held: Amount) -> None:
+    async def release(
+        self, account: Account, request_id: str, held: Amount, *, bar_late_writes: bool = False
+    ) -> None:
         budget = self._budgets.get(account)
         if budget is None:
             budget = self._budgets[account] = _Budget(account.period)
-        if budget.open.get(request_id) != held:
+        if bar_late_writes:
             budget.released.add(request_id)
+        if budget.open.get(request_id) != held:
             return
         del budget.open[request_id]
         budget.add(Amount(-held.tokens, -held.micros), Amount(-held.tokens, -held.micros))

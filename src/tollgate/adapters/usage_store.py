@@ -52,10 +52,14 @@ def _released_name(request_id: str) -> str:
     return f"rx_{request_id}"
 
 
-def _counters(period: str, item: dict[str, Any] | None) -> BudgetCounters:
+def _counters(period: str, item: dict[str, Any] | None, *, retried: bool = False) -> BudgetCounters:
     item = item or {}
     values = {name: int(item[name]["N"]) for name in _COUNTERS if name in item}
-    return BudgetCounters(period, **values)
+    return BudgetCounters(period, **values, retried=retried)
+
+
+def _retried(response: dict[str, Any]) -> bool:
+    return int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) > 0
 
 
 def _hold_in(item: dict[str, Any], request_id: str) -> Amount | None:
@@ -173,20 +177,28 @@ class DynamoUsageStore:
                 raise
             old = item_on_failure(exc) or {}
             if _hold_in(old, request_id) == hold:
-                return _counters(account.period, old)  # a retried write that had landed
+                # a retried write that had landed
+                return _counters(account.period, old, retried=True)
             if (
                 rate is not None
                 and int(old.get(f"rate_{rate.window}", {}).get("N", 0)) >= rate.limit
             ):
                 raise RateWindowFull from exc
             return None
-        return _counters(account.period, response["Attributes"])
+        return _counters(account.period, response["Attributes"], retried=_retried(response))
 
     async def _close_hold(
-        self, account: Account, request_id: str, held: Amount, charged: Amount, *, count: bool
+        self,
+        account: Account,
+        request_id: str,
+        held: Amount,
+        charged: Amount,
+        *,
+        count: bool,
     ) -> BudgetCounters | None:
         """Remove the hold and add the charge in its place, only if the hold is still open."""
         adds = "ADD #tokens :dt, #cost :dc, reserved_tokens :rt, reserved_micros :rc"
+        names = {"#tokens": "tokens", "#cost": "cost_micros", **_hold_names(request_id)}
         values = {
             ":dt": _n(charged.tokens - held.tokens),
             ":dc": _n(charged.micros - held.micros),
@@ -196,19 +208,15 @@ class DynamoUsageStore:
             ":hc": _n(held.micros),
         }
         if count:
-            adds += ", requests :one"
             values[":one"] = _n(1)
+            adds += ", requests :one"
         try:
             response = await self._table.call(
                 "update_item",
                 Key=budget_key(account),
                 UpdateExpression=f"{adds} REMOVE #rt, #rc",
                 ConditionExpression="#rt = :ht AND #rc = :hc",
-                ExpressionAttributeNames={
-                    "#tokens": "tokens",
-                    "#cost": "cost_micros",
-                    **_hold_names(request_id),
-                },
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
@@ -219,20 +227,34 @@ class DynamoUsageStore:
         return _counters(account.period, response["Attributes"])
 
     async def settle(
-        self, account: Account, request_id: str, held: Amount, actual: Amount
+        self,
+        account: Account,
+        request_id: str,
+        held: Amount,
+        actual: Amount,
+        *,
+        bar_late_writes: bool = False,
     ) -> BudgetCounters | None:
+        if bar_late_writes:
+            await self._bar(account, request_id)
         return await self._close_hold(account, request_id, held, actual, count=True)
 
-    async def release(self, account: Account, request_id: str, held: Amount) -> None:
-        if await self._close_hold(account, request_id, held, Amount(0, 0), count=False) is None:
-            # No such hold (yet): a write of it may still be in flight, so bar it.
-            await self._table.call(
-                "update_item",
-                Key=budget_key(account),
-                UpdateExpression="SET #rx = :one",
-                ExpressionAttributeNames={"#rx": _released_name(request_id)},
-                ExpressionAttributeValues={":one": _n(1)},
-            )
+    async def release(
+        self, account: Account, request_id: str, held: Amount, *, bar_late_writes: bool = False
+    ) -> None:
+        if bar_late_writes:
+            await self._bar(account, request_id)
+        await self._close_hold(account, request_id, held, Amount(0, 0), count=False)
+
+    async def _bar(self, account: Account, request_id: str) -> None:
+        """Mark the request closed before closing its hold: no late write can land after."""
+        await self._table.call(
+            "update_item",
+            Key=budget_key(account),
+            UpdateExpression="SET #rx = :one",
+            ExpressionAttributeNames={"#rx": _released_name(request_id)},
+            ExpressionAttributeValues={":one": _n(1)},
+        )
 
     async def counters(self, account: Account) -> BudgetCounters:
         response = await self._table.call("get_item", Key=budget_key(account), ConsistentRead=True)
