@@ -35,6 +35,7 @@ from tollgate.ledger import Balance, Hold, Ledger
 from tollgate.metering import Meter
 from tollgate.observability import CostRecord, CostRecorder
 from tollgate.ports import (
+    BudgetAlerts,
     ConversationState,
     ConversationStore,
     ConversationView,
@@ -119,6 +120,7 @@ class ChatService:
         recorder: CostRecorder,
         clock: Callable[[], datetime] = utc_now,
         lazy_encoding: bool = False,
+        alerts: BudgetAlerts | None = None,
     ) -> None:
         """`lazy_encoding`: a cold instance's first requests count with byte bounds while
         the encodings load in a thread (see tollgate.counting)."""
@@ -137,6 +139,7 @@ class ChatService:
             BudgetPolicy(config.budgets, typical),
             recorder,
             rate_limit_per_minute=config.rate_limit_per_minute,
+            alerts=alerts,
         )
         self.counter = PromptCounter(
             tokens, [*config.model_chain, config.summary_model], lazy_encoding=lazy_encoding
@@ -303,6 +306,8 @@ class ChatService:
                 kind="chat",
                 prompt=prompt,
                 started_at=iso_z(started_at),
+                plan=payer.plan,
+                team=payer.team,
             ),
         )
 
