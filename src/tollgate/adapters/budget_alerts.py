@@ -31,6 +31,7 @@ from tollgate.adapters.aws import (
     request_profile,
     run_blocking,
 )
+from tollgate.adapters.budget_keys import WINDOW_PREFIX
 from tollgate.budget import expires_at
 from tollgate.observability import CostRecorder
 from tollgate.ports import Account, BudgetCounters, Limits
@@ -45,7 +46,6 @@ GLOBAL_OWNER = "all"
 # Thresholds this process knows are notified already: skips a write that would fail anyway.
 # Bounded: past this many entries the memory is dropped (the table still says no).
 MAX_REMEMBERED = 10_000
-_WINDOW_PREFIX = {"day": "DAY", "month": "MONTH"}
 
 
 def utilization_percent(limits: Limits, counters: BudgetCounters) -> float | None:
@@ -68,7 +68,7 @@ def alert_owner(account: Account) -> str:
 def alert_key(account: Account, threshold: int) -> dict[str, Any]:
     return {
         "pk": {"S": f"ALERT#{account.scope}#{alert_owner(account)}"},
-        "sk": {"S": f"{_WINDOW_PREFIX[account.window]}#{account.period}#{threshold}"},
+        "sk": {"S": f"{WINDOW_PREFIX[account.window]}#{account.period}#{threshold}"},
     }
 
 
