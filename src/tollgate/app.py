@@ -28,7 +28,7 @@ from tollgate.budget import DEFAULT_PLAN, Payer
 from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
 from tollgate.observability import CostRecorder
-from tollgate.ports import ConversationStore, RequestRegistry, UsageStore
+from tollgate.ports import BudgetAlerts, ConversationStore, RequestRegistry, UsageStore
 from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
 from tollgate.stream import ChatStream
@@ -312,6 +312,19 @@ def request_ids_keyed(key: str | None) -> RequestIds:
     return RequestIds(hashlib.sha256(key.encode()).digest())
 
 
+def budget_alerts(settings: Settings, recorder: CostRecorder) -> BudgetAlerts | None:
+    """Team and global alerts to ALERT_TOPIC_ARN; their once-only marks live in the usage table."""
+    if not settings.alert_topic_arn or settings.store_backend != "dynamodb":
+        return None
+    from tollgate.adapters.aws import dynamodb_client
+    from tollgate.adapters.budget_alerts import AlertLatch, BudgetAlertNotifier, SnsNotifier
+
+    client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    return BudgetAlertNotifier(
+        AlertLatch(settings.usage_table, client), SnsNotifier(settings.alert_topic_arn), recorder
+    )
+
+
 def build_dependencies(
     settings: Settings,
     *,
@@ -348,6 +361,7 @@ def build_dependencies(
     stores = (
         memory_stores(settings) if settings.store_backend == "memory" else dynamodb_stores(settings)
     )
+    recorder = recorder or CostRecorder()
     service = ChatService(
         config_from_settings(settings),
         usage=stores.usage,
@@ -359,12 +373,13 @@ def build_dependencies(
         tokens=token_counter(settings.price_table_path),
         prices=price_table(settings.price_table_path),
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
-        recorder=recorder or CostRecorder(),
+        recorder=recorder,
         request_ids=request_ids_keyed(request_id_key),
         **({"clock": clock} if clock else {}),
         # The encodings (~0.3 s of CPU) load on first need, in a thread, after the first
         # reply streamed: a cold instance's first requests reserve byte bounds instead.
         lazy_encoding=True,
+        alerts=budget_alerts(settings, recorder),
     )
     authenticator = Authenticator(
         settings.auth_mode,

@@ -36,6 +36,7 @@ from tollgate.ledger import Balance, Hold, Ledger
 from tollgate.metering import Meter
 from tollgate.observability import CostRecord, CostRecorder
 from tollgate.ports import (
+    BudgetAlerts,
     ConversationState,
     ConversationStore,
     ConversationView,
@@ -121,6 +122,7 @@ class ChatService:
         request_ids: RequestIds | None = None,
         clock: Callable[[], datetime] = utc_now,
         lazy_encoding: bool = False,
+        alerts: BudgetAlerts | None = None,
     ) -> None:
         """`lazy_encoding`: a cold instance's first requests count with byte bounds while
         the encodings load in a thread (see tollgate.counting)."""
@@ -140,6 +142,7 @@ class ChatService:
             BudgetPolicy(config.budgets, typical),
             recorder,
             rate_limit_per_minute=config.rate_limit_per_minute,
+            alerts=alerts,
         )
         self.counter = PromptCounter(
             tokens, [*config.model_chain, config.summary_model], lazy_encoding=lazy_encoding
@@ -306,6 +309,8 @@ class ChatService:
                 kind="chat",
                 prompt=prompt,
                 started_at=iso_z(started_at),
+                plan=payer.plan,
+                team=payer.team,
             ),
         )
 

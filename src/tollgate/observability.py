@@ -35,8 +35,8 @@ def metrics_namespace() -> str:
     return os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or METRICS_NAMESPACE
 
 
-# Every (metric, dimensions) pair the chat function emits; the dashboard test checks against it.
-EMITTED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
+# The (metric, dimensions) pairs of a cost record's EMF lines.
+COST_RECORD_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
     {
         ("CostUSD", ("Model",)),
         ("InputTokens", ("Model",)),
@@ -47,6 +47,10 @@ EMITTED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("Requests", ("Outcome",)),
     }
 )
+# A team or global budget window's use of its limit (adapters/budget_alerts.py).
+BUDGET_UTILIZATION_METRIC = "BudgetUtilizationPercent"
+# Every (metric, dimensions) pair the chat function emits; the dashboard test checks against it.
+EMITTED_METRICS = COST_RECORD_METRICS | {(BUDGET_UTILIZATION_METRIC, ("Scope",))}
 
 OUTCOMES = (
     "completed",
@@ -83,6 +87,9 @@ class CostRecord:
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     error: str | None = None
+    # The payer's plan and team (None: no team), so spend can be added up by scope.
+    plan: str | None = None
+    team: str | None = None
 
     def fields(self) -> dict[str, Any]:
         values = asdict(self)
@@ -134,9 +141,14 @@ class CostRecorder:
         # Flushed line by line: under the Web Adapter stdout is a block-buffered pipe, and an
         # unflushed EMF line reaches CloudWatch only with the next log line (or never).
         for blob in metric_blobs(record, self._namespace):
-            print(
-                json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout, flush=True
-            )
+            self.metric(blob)
+
+    def budget_utilization(self, scope: str, percent: float) -> None:
+        self.metric(budget_utilization_blob(scope, percent, self._namespace))
+
+    def metric(self, blob: dict[str, Any]) -> None:
+        """One EMF line, flushed as written (see emit)."""
+        print(json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout, flush=True)
 
     def error(self, message: str, **fields: Any) -> None:
         self.logger.error(message, extra=fields)
@@ -163,3 +175,12 @@ def metric_blobs(record: CostRecord, namespace: str = METRICS_NAMESPACE) -> list
     by_outcome.add_dimension(name="Outcome", value=record.outcome)
     by_outcome.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
     return [dict(by_model.serialize_metric_set()), dict(by_outcome.serialize_metric_set())]
+
+
+def budget_utilization_blob(
+    scope: str, percent: float, namespace: str = METRICS_NAMESPACE
+) -> dict[str, Any]:
+    metrics = EphemeralMetrics(namespace=namespace, service="")
+    metrics.add_dimension(name="Scope", value=scope)
+    metrics.add_metric(name=BUDGET_UTILIZATION_METRIC, unit=MetricUnit.Percent, value=percent)
+    return dict(metrics.serialize_metric_set())

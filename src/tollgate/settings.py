@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     jwks_url: str | None = None
 
     cost_log_group: str | None = None
+    # SNS topic that team and global budget alerts go to (the stack's alarm topic); unset: none.
+    alert_topic_arn: str | None = None
     port: int = 8080
 
     # Not in the public contract: tuning knobs with safe defaults.

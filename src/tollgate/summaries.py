@@ -91,6 +91,8 @@ class Summariser:
             kind="summary",
             prompt=SUMMARY_PROMPT_NAME,
             started_at=iso_z(started_at),
+            plan=payer.plan,
+            team=payer.team,
         )
         amount = hold_for(prompt_tokens, self._cap, [self._meter.prices.price(model)])
         try:

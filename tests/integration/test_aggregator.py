@@ -61,6 +61,7 @@ def cost_line(
     outcome: str = "completed",
     started: datetime | None = None,
     tokens: tuple[int, int] = (100, 20),
+    team: str | None = None,
 ) -> str:
     return json.dumps(
         {
@@ -86,6 +87,8 @@ def cost_line(
             "prompt": "default",
             "upstream_model": model,
             "started_at": iso(started) if started else None,
+            "plan": "default",
+            "team": team,
         }
     )
 
@@ -160,11 +163,19 @@ def scan(dynamodb: DynamoDBClient, table: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: (item["pk"]["S"], item["sk"]["S"]))
 
 
-def set_budget(dynamodb: DynamoDBClient, table: str, user: str, cost: int, reserved: int) -> None:
+def set_budget(
+    dynamodb: DynamoDBClient,
+    table: str,
+    owner: str,
+    cost: int,
+    reserved: int,
+    *,
+    scope: str = "USER",
+) -> None:
     dynamodb.put_item(
         TableName=table,
         Item={
-            "pk": {"S": f"USER#{user}"},
+            "pk": {"S": f"{scope}#{owner}"},
             "sk": {"S": f"DAY#{DAY_KEY}"},
             "day": {"S": DAY_KEY},
             "tokens": {"N": "1000"},
@@ -203,7 +214,10 @@ class TestScheduledRun:
             [
                 (at(11.5), cost_line("alice", 0.1)),
                 (at(12), cost_line("alice", 0.2, model="gpt-4o", tokens=(10, 5))),
-                (at(13) - timedelta(milliseconds=1), cost_line("bob", 0.3, outcome="cancelled")),
+                (
+                    at(13) - timedelta(milliseconds=1),
+                    cost_line("bob", 0.3, outcome="cancelled", team="acme"),
+                ),
                 (at(12.5), "cost_record: not json"),
                 (at(12.6), cost_line("bob", 0.3)[:-30]),  # truncated
                 (at(12.7), json.dumps({"message": "cost_record write retried"})),
@@ -239,6 +253,9 @@ class TestScheduledRun:
                 {"user_id": "bob", "cost_usd": 0.3, "tokens": 120},
                 {"user_id": "alice", "cost_usd": 0.2, "tokens": 15},
             ],
+            "by_team": {
+                "acme": {"requests": 1, "input_tokens": 100, "output_tokens": 20, "cost_usd": 0.3},
+            },
             "skipped_lines": 2,
         }  # fmt: skip
         # And it stored both hour rollups and the day's rollup made of them
@@ -253,6 +270,13 @@ class TestScheduledRun:
         model = [{"Name": "Model", "Value": "gpt-4o"}]
         assert metric_max(cloudwatch, "WindowCostUSD", at(12), model) == pytest.approx(0.2)
         assert metric_max(cloudwatch, "DailyCostUSD", at(12)) == pytest.approx(0.6)
+        # And spend by budget scope: everything is the stack's, bob's 0.3 also his team's
+        team, stack = ([{"Name": "Scope", "Value": v}] for v in ("team", "global"))
+        assert metric_max(cloudwatch, "ScopeCostUSD", at(12), team) == pytest.approx(0.3)
+        assert metric_max(cloudwatch, "ScopeCostUSD", at(12), stack) == pytest.approx(0.5)
+        # And the day's item keeps the team's total for tollgate-admin
+        by_team = day["by_team"]["M"]
+        assert by_team["acme"]["M"]["cost_micros"]["N"] == "300000"
 
     def test_running_twice_writes_identical_items(
         self, env: dict[str, str], logs: CloudWatchLogsClient, dynamodb: DynamoDBClient
@@ -351,6 +375,37 @@ class TestReconciliation:
         ]
         assert warnings == [(DAY_KEY, 0.375)]
         assert metric_max(cloudwatch, "ReconciliationDifferenceUSD", at(24)) == 0.375
+
+    def test_the_global_shards_are_reconciled_too(
+        self, env: dict[str, str], logs: CloudWatchLogsClient, dynamodb: DynamoDBClient
+    ) -> None:
+        # Given a day of records (0.875 USD), users' counters that agree, and the global
+        # day's shards (two of the possible 32 written) that settled 0.8 USD
+        self.seed_day(logs, env["COST_LOG_GROUP"])
+        set_budget(dynamodb, env["USAGE_TABLE"], "alice", cost=250_000, reserved=0)
+        set_budget(dynamodb, env["USAGE_TABLE"], "bob", cost=625_000, reserved=0)
+        set_budget(dynamodb, env["USAGE_TABLE"], "0", cost=500_000, reserved=0, scope="GLOBAL")
+        set_budget(
+            dynamodb, env["USAGE_TABLE"], "31", cost=400_000, reserved=100_000, scope="GLOBAL"
+        )
+        # When the day is closed
+        summary = invoke({"start": iso(DAY), "end": iso(at(25))})
+        # Then the summary reports both differences
+        (result,) = summary["reconciliations"]
+        assert result["day"] == DAY_KEY
+        assert result["difference_usd"] == 0.0
+        assert result["global_counters_cost_usd"] == 0.8
+        assert result["global_difference_usd"] == 0.075
+        assert result["within_tolerance"] is False
+
+    def test_a_stack_without_a_global_limit_has_no_global_figure(
+        self, env: dict[str, str], logs: CloudWatchLogsClient, dynamodb: DynamoDBClient
+    ) -> None:
+        self.seed_day(logs, env["COST_LOG_GROUP"])
+        set_budget(dynamodb, env["USAGE_TABLE"], "alice", cost=250_000, reserved=0)
+        set_budget(dynamodb, env["USAGE_TABLE"], "bob", cost=625_000, reserved=0)
+        (result,) = invoke({"start": iso(DAY), "end": iso(at(25))})["reconciliations"]
+        assert (result["global_difference_usd"], result["within_tolerance"]) == (None, True)
 
     def test_a_day_with_missing_windows_is_not_reconciled(
         self, env: dict[str, str], cloudwatch: CloudWatchClient

@@ -17,7 +17,7 @@ from tollgate.adapters.rollup_store import (
     item_size,
     rollup_attributes,
 )
-from tollgate.aggregation.rollups import Rollup, UserTotal
+from tollgate.aggregation.rollups import Counts, Rollup, UserTotal
 from tollgate.aggregation.windows import Window
 from tollgate.local.tables import create_tables
 
@@ -70,3 +70,19 @@ def test_dynamodb_accepts_the_crowded_window_item(dynamodb: DynamoDBClient) -> N
     # Then it holds the biggest spenders and says that smaller ones were dropped
     assert not stored.users_complete
     assert stored.top_users(1)[0][0].startswith("00000")
+
+
+def test_crowded_users_and_teams_together_fit_in_the_item() -> None:
+    # Given a window with the crowded users and 2,000 teams with equally long ids
+    rollup = crowded_rollup()
+    for n in range(2000):
+        team = f"{n:05d}" + "\N{GRINNING FACE}" * 123
+        rollup.teams[team] = Counts(requests=1, cost_micros=5_000_000 - n)
+    # When its item is built
+    attributes = rollup_attributes(rollup, keep_users=True)
+    # Then it fits, keeping the biggest team spenders and saying that some were dropped
+    assert item_size(attributes) < MAX_ITEM_BYTES
+    kept = attributes["by_team"]
+    assert 0 < len(kept) < len(rollup.teams)
+    assert set(kept) == {team for team, _ in rollup.top_teams(len(kept))}
+    assert attributes["teams_complete"] is False

@@ -32,14 +32,17 @@ ENTRY_POINTS = {
     "AggregatorFunction": "tollgate.aggregation.handler",
 }
 # IAM prefix of each service the code may call (botocore name -> IAM prefix).
-SERVICES = {"dynamodb": "dynamodb", "logs": "logs", "cloudwatch": "cloudwatch"}
+SERVICES = {"dynamodb": "dynamodb", "logs": "logs", "cloudwatch": "cloudwatch", "sns": "sns"}
 # The resource each adapter class works on; a class not listed here fails the test.
 RESOURCES: dict[str, tuple[str, Any]] = {
     "DynamoUsageStore": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
     "DynamoRequestRegistry": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
+    "AlertLatch": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
+    "SnsNotifier": ("sns", {"Ref": "AlarmTopic"}),
     "DynamoConversationStore": ("dynamodb", {"GetAtt": "ConversationsTable.Arn"}),
     "RollupStore": ("dynamodb", {"GetAtt": "RollupsTable.Arn"}),
     "BudgetCounters": ("dynamodb", {"Sub": "${UsageTable.Arn}/index/by-day"}),
+    "GlobalShardCounters": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
     "CostLogReader": ("logs", {"GetAtt": "ChatFunctionLogGroup.Arn"}),
     "MetricsPublisher": ("cloudwatch", "*"),
 }

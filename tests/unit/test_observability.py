@@ -12,6 +12,7 @@ from aws_lambda_powertools import Logger
 
 from tollgate import observability
 from tollgate.observability import (
+    COST_RECORD_METRICS,
     EMITTED_METRICS,
     OUTCOMES,
     CostRecord,
@@ -191,19 +192,22 @@ def test_emitted_metrics_match_the_declared_set_when_ttft_set() -> None:
     # Given a record with a first token
     _, blobs = split(emit(make_record(ttft_ms=200.0)))
     # Then every (metric, dims) emitted is declared, and every declared one is emitted
-    assert emitted_pairs(blobs) == set(EMITTED_METRICS)
+    assert emitted_pairs(blobs) == set(COST_RECORD_METRICS)
 
 
 def test_no_ttft_metric_without_a_first_token() -> None:
     # Given a record where no token arrived
     _, blobs = split(emit(make_record(ttft_ms=None, outcome="upstream_error")))
     # Then everything but TimeToFirstTokenMs is emitted
-    assert emitted_pairs(blobs) == set(EMITTED_METRICS) - {("TimeToFirstTokenMs", ("Model",))}
+    assert emitted_pairs(blobs) == set(COST_RECORD_METRICS) - {("TimeToFirstTokenMs", ("Model",))}
     assert all("TimeToFirstTokenMs" not in blob for blob in blobs)
 
 
 def test_declared_metrics_match_design() -> None:
-    assert set(EMITTED_METRICS) == {
+    assert set(EMITTED_METRICS) - set(COST_RECORD_METRICS) == {
+        ("BudgetUtilizationPercent", ("Scope",))
+    }
+    assert set(COST_RECORD_METRICS) == {
         ("CostUSD", ("Model",)),
         ("InputTokens", ("Model",)),
         ("OutputTokens", ("Model",)),

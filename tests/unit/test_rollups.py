@@ -106,6 +106,8 @@ class TestParsing:
             record_line(user_id=None),
             record_line(outcome=""),
             record_line(cost_usd=float("nan")),
+            record_line(team=7),
+            record_line(team=""),
         ],
     )
     def test_unreadable_cost_records_are_malformed(self, line: str) -> None:
@@ -128,7 +130,11 @@ class TestAggregation:
     def test_sums_exactly_per_model_outcome_prompt_and_user(self) -> None:
         # Given ten records whose float costs would drift when summed as floats
         events = [
-            event(record_line(user_id="alice", cost_usd=0.1, input_tokens=10, output_tokens=1))
+            event(
+                record_line(
+                    user_id="alice", team="acme", cost_usd=0.1, input_tokens=10, output_tokens=1
+                )
+            )
             for _ in range(10)
         ]
         events += [
@@ -143,7 +149,11 @@ class TestAggregation:
                     output_tokens=0,
                 )
             ),
-            event(record_line(user_id="carol", outcome="budget_refused", cost_usd=0, model=None)),
+            event(
+                record_line(
+                    user_id="carol", team="zeta", outcome="budget_refused", cost_usd=0, model=None
+                )
+            ),
         ]
         # When they are aggregated
         summary = aggregate(WINDOW, events).summary()
@@ -185,6 +195,11 @@ class TestAggregation:
                 {"user_id": "bob", "cost_usd": 0.2, "tokens": 5},
                 {"user_id": "carol", "cost_usd": 0.0, "tokens": 150},
             ],
+            # bob has no team: his spend is in no team's
+            "by_team": {
+                "acme": {"requests": 10, "input_tokens": 100, "output_tokens": 10, "cost_usd": 1.0},
+                "zeta": {"requests": 1, "input_tokens": 100, "output_tokens": 50, "cost_usd": 0.0},
+            },
             "skipped_lines": 0,
         }
 
@@ -329,3 +344,48 @@ class TestReconciliation:
         assert result.difference_micros == 100_000
         assert not result.within_tolerance
         assert result.summary()["difference_usd"] == 0.1
+
+    def test_the_global_shards_are_reconciled_against_the_same_records(self) -> None:
+        # Given a day whose records cost $1, users' counters agreeing, global shards short
+        rollup = Rollup(WINDOW)
+        rollup.cost_micros_by_budget_day["2026-03-10"] = 1_000_000
+        result = reconcile(
+            "2026-03-10",
+            [rollup],
+            counters_micros=1_000_000,
+            tolerance_micros=10,
+            global_counters_micros=400_000,
+        )
+        # Then the global difference is reported, and it alone breaks the tolerance
+        assert result.difference_micros == 0
+        assert result.global_difference_micros == 600_000
+        assert not result.within_tolerance
+        assert result.summary()["global_counters_cost_usd"] == 0.4
+        assert result.summary()["global_difference_usd"] == 0.6
+
+    def test_a_stack_without_global_shards_reports_no_global_figure(self) -> None:
+        rollup = Rollup(WINDOW)
+        result = reconcile("2026-03-10", [rollup], counters_micros=0, tolerance_micros=0)
+        assert result.global_difference_micros is None
+        assert result.within_tolerance
+        assert result.summary()["global_difference_usd"] is None
+
+
+class TestTeams:
+    def test_day_rollups_merge_team_spend_and_rank_the_top_teams(self) -> None:
+        first = aggregate(WINDOW, [event(record_line(team="acme", cost_usd=0.3))])
+        second = aggregate(
+            WINDOW,
+            [
+                event(record_line(team="acme", cost_usd=0.3)),
+                event(record_line(team="beta", cost_usd=0.5)),
+                event(record_line(cost_usd=9)),  # no team
+            ],
+        )
+        day = combine(WINDOW, [first, second])
+        assert [(team, c.cost_micros) for team, c in day.top_teams()] == [
+            ("acme", 600_000),
+            ("beta", 500_000),
+        ]
+        assert day.team_cost_micros == 1_100_000
+        assert day.teams["acme"].requests == 2

@@ -40,6 +40,7 @@ PUBLISHED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("SkippedCostRecordLines", ()),
         ("DailyCostUSD", ()),
         ("ReconciliationDifferenceUSD", ()),
+        ("ScopeCostUSD", ("Scope",)),
     }
 )
 
@@ -75,6 +76,10 @@ def window_metric_data(rollup: Rollup, day_to_date_micros: int) -> list[MetricDa
         _datum("WindowRequests", totals.requests, at, "Count"),
         _datum("SkippedCostRecordLines", rollup.skipped_lines, at, "Count"),
         _datum("DailyCostUSD", day_to_date_micros / 1e6, at),
+        # Spend by budget scope: every request counts in the global scope, those of a
+        # payer with a team also in the team scope.
+        _datum("ScopeCostUSD", totals.cost_micros / 1e6, at, "None", [("Scope", "global")]),
+        _datum("ScopeCostUSD", rollup.team_cost_micros / 1e6, at, "None", [("Scope", "team")]),
     ]
     for model, counts in sorted(rollup.by_model.items()):
         dims = [("Model", model)]

@@ -14,7 +14,7 @@ overwrites, so re-running a window or a day writes identical items.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from tollgate.adapters.aws import BATCH_PROFILE, aws_client
+from tollgate.adapters.budget_keys import budget_key, global_shard_accounts
 from tollgate.aggregation.rollups import Counts, Rollup, UserTotal
 from tollgate.aggregation.windows import Window, parse_iso, to_ms
 from tollgate.budget import iso_z
@@ -40,6 +41,8 @@ BUDGET_PK_PREFIX = "USER#"
 # characters of any script, so a count of users would not bound the size.
 MAX_ITEM_BYTES = 400 * 1024
 USERS_MAP_MAX_BYTES = 300 * 1024
+# Per-team totals (`by_team`), capped the same way; with the users they stay under the limit.
+TEAMS_MAP_MAX_BYTES = 48 * 1024
 TOP_USERS_PER_ITEM = 10
 _BATCH_GET_LIMIT = 100
 _UNPROCESSED_RETRIES = 8
@@ -112,12 +115,23 @@ def _fitting_users(ranked: list[tuple[str, UserTotal]]) -> list[tuple[str, UserT
     return ranked
 
 
+def _fitting_teams(ranked: list[tuple[str, Counts]]) -> list[tuple[str, Counts]]:
+    """The biggest team spenders whose entries fit in TEAMS_MAP_MAX_BYTES."""
+    used = 3
+    for kept, (team, counts) in enumerate(ranked):
+        used += attribute_size(team) + attribute_size(_counts_attrs(counts)) + 1
+        if used > TEAMS_MAP_MAX_BYTES:
+            return ranked[:kept]
+    return ranked
+
+
 def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
     """The rollup as plain attributes (integers, maps, lists) for an item."""
     if keep_users:
         ranked = _fitting_users(rollup.top_users(len(rollup.users)))
     else:
         ranked = rollup.top_users(TOP_USERS_PER_ITEM)
+    teams = _fitting_teams(rollup.top_teams(None))
     attributes: dict[str, Any] = {
         "start": iso_z(rollup.window.start),
         "end": iso_z(rollup.window.end),
@@ -130,6 +144,8 @@ def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
             for user_id, total in ranked[:TOP_USERS_PER_ITEM]
         ],
         "users_complete": rollup.users_complete and len(ranked) == len(rollup.users),
+        "by_team": {team: _counts_attrs(counts) for team, counts in teams},
+        "teams_complete": rollup.teams_complete and len(teams) == len(rollup.teams),
         "cost_micros_by_budget_day": dict(rollup.cost_micros_by_budget_day),
         "skipped_lines": rollup.skipped_lines,
     }
@@ -151,6 +167,9 @@ def rollup_from_attributes(attributes: Mapping[str, Any]) -> Rollup:
             for k, v in users.items()
         },
         users_complete=bool(attributes["users_complete"]),
+        # Items written before teams were aggregated have neither attribute.
+        teams={k: _counts(v) for k, v in attributes.get("by_team", {}).items()},
+        teams_complete=bool(attributes.get("teams_complete", True)),
         cost_micros_by_budget_day={
             k: int(v) for k, v in attributes["cost_micros_by_budget_day"].items()
         },
@@ -164,6 +183,33 @@ def _to_item(attributes: Mapping[str, Any]) -> dict[str, AttributeValueTypeDef]:
 
 def _from_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def batch_get(
+    batch_get_item: Callable[..., Any],
+    table: str,
+    keys: list[dict[str, AttributeValueTypeDef]],
+    *,
+    projection: str | None = None,
+) -> list[dict[str, Any]]:
+    """The items of up to 100 keys (missing ones are absent), retrying unprocessed keys.
+
+    Takes the client's bound `batch_get_item`, so the call is named in the class that owns
+    the table (tests/unit/test_iam.py grants each call on its class's resource)."""
+    items: list[dict[str, Any]] = []
+    wanted: KeysAndAttributesTypeDef = {"Keys": keys, "ConsistentRead": True}
+    if projection is not None:
+        wanted["ProjectionExpression"] = projection
+    request: dict[str, KeysAndAttributesTypeDef] = {table: wanted}
+    for attempt in range(_UNPROCESSED_RETRIES):
+        response = batch_get_item(RequestItems=request)
+        items.extend(response.get("Responses", {}).get(table, []))
+        unprocessed = response.get("UnprocessedKeys") or {}
+        if not unprocessed:
+            return items
+        request = unprocessed
+        time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise RuntimeError("BatchGetItem kept returning unprocessed keys")
 
 
 @dataclass(frozen=True)
@@ -215,25 +261,10 @@ class RollupStore:
         found: dict[Window, Rollup] = {}
         for offset in range(0, len(wanted), _BATCH_GET_LIMIT):
             keys = [window_key(w) for w in wanted[offset : offset + _BATCH_GET_LIMIT]]
-            for item in self._batch_get(keys):
+            for item in batch_get(self._client.batch_get_item, self._table, keys):
                 rollup = rollup_from_attributes(_from_item(item))
                 found[rollup.window] = rollup
         return found
-
-    def _batch_get(self, keys: list[dict[str, AttributeValueTypeDef]]) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        request: dict[str, KeysAndAttributesTypeDef] = {
-            self._table: {"Keys": keys, "ConsistentRead": True}
-        }
-        for attempt in range(_UNPROCESSED_RETRIES):
-            response = self._client.batch_get_item(RequestItems=request)
-            items.extend(response.get("Responses", {}).get(self._table, []))
-            unprocessed = response.get("UnprocessedKeys") or {}
-            if not unprocessed:
-                return items
-            request = unprocessed  # type: ignore[assignment]
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-        raise RuntimeError("BatchGetItem kept returning unprocessed keys")
 
 
 class BudgetCounters:
@@ -270,3 +301,28 @@ class BudgetCounters:
             start_key = page.get("LastEvaluatedKey")
             if not start_key:
                 return total
+
+
+class GlobalShardCounters:
+    """The global scope's day counters: one item per shard, read by key (BatchGetItem)."""
+
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def settled_micros(self, day: str) -> int | None:
+        """Sum over the day's shards of settled spend; None when no shard item exists
+        (the stack had no global day limit)."""
+        keys = [budget_key(account) for account in global_shard_accounts("day", day)]
+        items = batch_get(
+            self._client.batch_get_item,
+            self._table,
+            keys,
+            projection="cost_micros, reserved_micros",
+        )
+        if not items:
+            return None
+        return sum(
+            int(values.get("cost_micros", 0)) - int(values.get("reserved_micros", 0))
+            for values in map(_from_item, items)
+        )

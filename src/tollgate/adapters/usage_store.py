@@ -22,21 +22,13 @@ from tollgate.adapters.aws import (
     item_on_failure,
     run_blocking,
 )
+from tollgate.adapters.budget_keys import budget_key
 from tollgate.ports import Account, Amount, BudgetCounters, Limits, RateWindow, RateWindowFull
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _COUNTERS = ("tokens", "cost_micros", "reserved_tokens", "reserved_micros", "requests")
-_SCOPE_PREFIX = {"user": "USER", "team": "TEAM", "global": "GLOBAL"}
-_WINDOW_PREFIX = {"day": "DAY", "month": "MONTH"}
-
-
-def budget_key(account: Account) -> dict[str, Any]:
-    return {
-        "pk": {"S": f"{_SCOPE_PREFIX[account.scope]}#{account.owner}"},
-        "sk": {"S": f"{_WINDOW_PREFIX[account.window]}#{account.period}"},
-    }
 
 
 def request_key(request_id: str) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class SettledSpend(Protocol):
     def settled_micros(self, day: str) -> int: ...
 
 
+class GlobalSettledSpend(Protocol):
+    def settled_micros(self, day: str) -> int | None: ...
+
+
 class MetricSink(Protocol):
     def accepts(self, window: Window, now: datetime | None = None) -> bool: ...
     def publish(self, data: list[MetricDatumTypeDef]) -> None: ...
@@ -65,7 +69,10 @@ class AggregationResult:
     reconciliations: list[Reconciliation] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"windows": [rollup.summary() for rollup in self.windows]}
+        return {
+            "windows": [rollup.summary() for rollup in self.windows],
+            "reconciliations": [r.summary() for r in self.reconciliations],
+        }
 
 
 class Aggregator:
@@ -74,6 +81,7 @@ class Aggregator:
         source: CostEventSource,
         store: RollupRepository,
         counters: SettledSpend,
+        global_counters: GlobalSettledSpend,
         metrics: MetricSink,
         *,
         window: timedelta,
@@ -83,6 +91,7 @@ class Aggregator:
         self._source = source
         self._store = store
         self._counters = counters
+        self._global_counters = global_counters
         self._metrics = metrics
         self._window = window
         self._tolerance_micros = tolerance_micros
@@ -147,6 +156,7 @@ class Aggregator:
             stored.values(),
             self._counters.settled_micros(day),
             self._tolerance_micros,
+            self._global_counters.settled_micros(day),
         )
         if result.within_tolerance:
             self._logger.info("reconciliation ok", extra=result.summary())

@@ -9,7 +9,12 @@ from aws_lambda_powertools import Logger
 
 from tollgate.adapters.cost_logs import CostLogReader, logs_client
 from tollgate.adapters.rollup_metrics import MetricsPublisher, cloudwatch_client
-from tollgate.adapters.rollup_store import BudgetCounters, RollupStore, batch_dynamodb_client
+from tollgate.adapters.rollup_store import (
+    BudgetCounters,
+    GlobalShardCounters,
+    RollupStore,
+    batch_dynamodb_client,
+)
 from tollgate.aggregation.aggregator import Aggregator
 from tollgate.aggregation.settings import AggregatorSettings
 from tollgate.aggregation.windows import plan_windows
@@ -28,6 +33,7 @@ def build_aggregator(settings: AggregatorSettings) -> Aggregator:
         source=CostLogReader(logs_client(), settings.cost_log_group),
         store=RollupStore(dynamodb, settings.rollups_table, settings.retention),
         counters=BudgetCounters(dynamodb, settings.usage_table),
+        global_counters=GlobalShardCounters(dynamodb, settings.usage_table),
         metrics=MetricsPublisher(cloudwatch_client(), settings.powertools_metrics_namespace),
         window=settings.window,
         tolerance_micros=settings.tolerance_micros,

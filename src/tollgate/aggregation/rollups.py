@@ -30,6 +30,8 @@ MICROS_PER_USD = 1_000_000
 # Bucket name for records whose model or prompt is null (e.g. refused before a model was chosen).
 NONE_LABEL = "(none)"
 TOP_USERS = 10
+# Teams in a window summary's `by_team`, biggest spenders first.
+TOP_TEAMS = 20
 
 
 class MalformedLineError(ValueError):
@@ -56,6 +58,8 @@ class CostRecord:
     cost_micros: int
     # The UTC day the request started: the day its budget counter was charged.
     budget_day: str
+    # The payer's team; None for a user without one (and for records older than the field).
+    team: str | None = None
 
 
 def usd_to_micros(value: Decimal | int) -> int:
@@ -77,6 +81,13 @@ def _label(fields: Mapping[str, Any], name: str, *, required: bool) -> str:
         return NONE_LABEL
     if not isinstance(value, str) or not value:
         raise MalformedLineError(f"{name} must be a non-empty string")
+    return value
+
+
+def _optional_label(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise MalformedLineError(f"{name} must be a non-empty string or null")
     return value
 
 
@@ -122,6 +133,7 @@ def parse_cost_record(event: LogEvent) -> CostRecord | None:
         output_tokens=_count(fields, "output_tokens"),
         cost_micros=cost_micros,
         budget_day=_budget_day(fields, event.timestamp_ms),
+        team=_optional_label(fields, "team"),
     )
 
 
@@ -178,6 +190,9 @@ class Rollup:
     users: dict[str, UserTotal] = field(default_factory=dict)
     # False when a stored rollup had to drop its smallest users (item size limits).
     users_complete: bool = True
+    # Spend of the records that carry a team, per team.
+    teams: dict[str, Counts] = field(default_factory=dict)
+    teams_complete: bool = True
     cost_micros_by_budget_day: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
 
@@ -189,6 +204,8 @@ class Rollup:
         user = self.users.setdefault(record.user_id, UserTotal())
         user.cost_micros += record.cost_micros
         user.tokens += record.input_tokens + record.output_tokens
+        if record.team is not None:
+            self.teams.setdefault(record.team, Counts()).add(record)
         self.cost_micros_by_budget_day[record.budget_day] = (
             self.cost_micros_by_budget_day.get(record.budget_day, 0) + record.cost_micros
         )
@@ -206,6 +223,9 @@ class Rollup:
             mine.cost_micros += total.cost_micros
             mine.tokens += total.tokens
         self.users_complete = self.users_complete and other.users_complete
+        for team, counts in other.teams.items():
+            self.teams.setdefault(team, Counts()).merge(counts)
+        self.teams_complete = self.teams_complete and other.teams_complete
         for day, micros in other.cost_micros_by_budget_day.items():
             self.cost_micros_by_budget_day[day] = (
                 self.cost_micros_by_budget_day.get(day, 0) + micros
@@ -218,6 +238,22 @@ class Rollup:
             self.users.items(), key=lambda item: (-item[1].cost_micros, -item[1].tokens, item[0])
         )
         return ranked[:limit]
+
+    def top_teams(self, limit: int | None = TOP_TEAMS) -> list[tuple[str, Counts]]:
+        """Biggest team spenders first (ties: tokens, then team id)."""
+        ranked = sorted(
+            self.teams.items(),
+            key=lambda item: (
+                -item[1].cost_micros,
+                -(item[1].input_tokens + item[1].output_tokens),
+                item[0],
+            ),
+        )
+        return ranked if limit is None else ranked[:limit]
+
+    @property
+    def team_cost_micros(self) -> int:
+        return sum(counts.cost_micros for counts in self.teams.values())
 
     def summary(self, top_users: int = TOP_USERS) -> dict[str, Any]:
         """The window summary of docs/CONTRACTS.md, dollars rounded to 6 decimals."""
@@ -236,6 +272,7 @@ class Rollup:
                 }
                 for user_id, total in self.top_users(top_users)
             ],
+            "by_team": {team: counts.summary() for team, counts in self.top_teams()},
             "skipped_lines": self.skipped_lines,
         }
 
@@ -289,10 +326,15 @@ def days_closed_by(windows: Iterable[Window]) -> list[str]:
 
 @dataclass(frozen=True)
 class Reconciliation:
+    """A closed day's logged spend against its settled budget counters: the users' day
+    counters, and the global scope's shards (None when the stack has no global day limit,
+    so no shard was ever written)."""
+
     day: str
     logs_micros: int
     counters_micros: int
     tolerance_micros: int
+    global_counters_micros: int | None = None
 
     @property
     def difference_micros(self) -> int:
@@ -300,21 +342,42 @@ class Reconciliation:
         return self.logs_micros - self.counters_micros
 
     @property
+    def global_difference_micros(self) -> int | None:
+        """Positive when the logs show more spend than the global shards settled."""
+        if self.global_counters_micros is None:
+            return None
+        return self.logs_micros - self.global_counters_micros
+
+    @property
     def within_tolerance(self) -> bool:
-        return abs(self.difference_micros) <= self.tolerance_micros
+        differences = [self.difference_micros, self.global_difference_micros]
+        return all(abs(d) <= self.tolerance_micros for d in differences if d is not None)
 
     def summary(self) -> dict[str, Any]:
+        global_difference = self.global_difference_micros
         return {
             "day": self.day,
             "logs_cost_usd": micros_to_usd(self.logs_micros),
             "counters_cost_usd": micros_to_usd(self.counters_micros),
             "difference_usd": micros_to_usd(self.difference_micros),
+            "global_counters_cost_usd": None
+            if self.global_counters_micros is None
+            else micros_to_usd(self.global_counters_micros),
+            "global_difference_usd": None
+            if global_difference is None
+            else micros_to_usd(global_difference),
             "within_tolerance": self.within_tolerance,
         }
 
 
 def reconcile(
-    day: str, window_rollups: Iterable[Rollup], counters_micros: int, tolerance_micros: int
+    day: str,
+    window_rollups: Iterable[Rollup],
+    counters_micros: int,
+    tolerance_micros: int,
+    global_counters_micros: int | None = None,
 ) -> Reconciliation:
     logs_micros = sum(r.cost_micros_by_budget_day.get(day, 0) for r in window_rollups)
-    return Reconciliation(day, logs_micros, counters_micros, tolerance_micros)
+    return Reconciliation(
+        day, logs_micros, counters_micros, tolerance_micros, global_counters_micros
+    )
