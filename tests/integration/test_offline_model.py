@@ -202,7 +202,7 @@ async def test_rate_limit_fault_carries_retry_headers_for_its_times(
             assert response.json()["error"]["type"] == "rate_limit_error"
 
     assert statuses == [429, 429, 200]
-    outcomes = [(r["outcome"], r["status"]) for r in offline_model.requests()]
+    outcomes = [(r["outcome"], r["status"]) for r in offline_model.ended_requests()]
     assert outcomes == [("fault_status", 429), ("fault_status", 429), ("completed", 200)]
 
 

@@ -220,7 +220,7 @@ class OpenAIUpstream:
         retry_hint: float | None = None
         for model in models:
             tried.append(model)
-            body = self.request_body(
+            body = self._request_body(
                 model,
                 messages,
                 max_tokens=max_tokens,
@@ -272,7 +272,7 @@ class OpenAIUpstream:
             models_tried=tried,
         )
 
-    def request_body(
+    def _request_body(
         self,
         model: str,
         messages: list[Message],
