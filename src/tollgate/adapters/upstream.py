@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, get_args
 
 import httpx2
 import openai
@@ -38,6 +38,7 @@ from tollgate.errors import (
     UpstreamUnavailable,
 )
 from tollgate.ports import Message, UpstreamUsage
+from tollgate.pricing import CapParameter
 
 RETRIES_PER_MODEL = 1
 BASE_BACKOFF_S = 0.25
@@ -47,9 +48,8 @@ MIN_ATTEMPT_S = 0.05
 # After [DONE], how long to wait for the response's end so its connection can be reused.
 DRAIN_TIMEOUT_S = 1.0
 
-CapParameter = Literal["max_completion_tokens", "max_tokens"]
 # The cap is the gateway's: a client's own value never reaches upstream beside it.
-CAP_PARAMETERS = ("max_completion_tokens", "max_tokens")
+CAP_PARAMETERS = get_args(CapParameter)
 # What OpenAI's reasoning models answer 400 to; the gateway's own choices of these stay home.
 REASONING_REJECTS = frozenset(
     {"temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"}
