@@ -21,10 +21,11 @@ class OfflineModelClient:
         self._http = httpx.Client(base_url=url, timeout=5.0)
 
     def reset(self) -> None:
+        from tollgate.local.offline_model import OfflineModelConfig
+
         for path in ("/_offline/faults", "/_offline/requests"):
             self._http.delete(path).raise_for_status()
-        defaults = {"first_token_delay_s": 0.0, "chunk_interval_s": 0.0, "reply_tokens": None}
-        self.set_config(**defaults)
+        self.set_config(**OfflineModelConfig().model_dump())
 
     def add_fault(self, **rule: Any) -> None:
         self._http.post("/_offline/faults", json=rule).raise_for_status()

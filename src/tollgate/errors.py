@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -85,15 +87,29 @@ class RateLimited(GatewayError):
     status, code = 429, "rate_limited"
 
 
-class UpstreamRejected(GatewayError):
+class UpstreamError(GatewayError):
+    """The upstream call failed before streaming; `models_tried` in the order tried."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        models_tried: Sequence[str] = (),
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.models_tried = list(models_tried)
+
+
+class UpstreamRejected(UpstreamError):
     status, code = 422, "upstream_rejected"
 
 
-class UpstreamMisconfigured(GatewayError):
+class UpstreamMisconfigured(UpstreamError):
     status, code = 502, "upstream_misconfigured"
 
 
-class UpstreamUnavailable(GatewayError):
+class UpstreamUnavailable(UpstreamError):
     status, code = 503, "upstream_unavailable"
 
 

@@ -247,7 +247,8 @@ class ConversationStore(Protocol):
 class UpstreamUsage:
     input_tokens: int
     cached_input_tokens: int
-    output_tokens: int
+    output_tokens: int  # upstream's completion_tokens: reasoning tokens included
+    reasoning_tokens: int = 0
 
 
 class UpstreamStream(Protocol):
@@ -257,6 +258,9 @@ class UpstreamStream(Protocol):
     upstream_model: str | None  # the snapshot upstream reported, once known
     usage: UpstreamUsage | None  # set when the final usage chunk arrived
     finish_reason: str | None
+    # time.monotonic() when upstream answered 200, before any visible token (a reasoning
+    # model may think for a minute after it)
+    answered_at: float
 
     def deltas(self) -> AsyncIterator[str]: ...
 
@@ -272,12 +276,18 @@ class Upstream(Protocol):
         max_tokens: int,
         deadline: float,
         extra: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> tuple[UpstreamStream, list[str]]:
         """Try models in order (429/5xx/timeouts move on); return the stream and models tried.
 
-        Raises UpstreamRejected (400), UpstreamMisconfigured (401/403/404),
-        UpstreamUnavailable (every model failed) — each carrying `models_tried`.
-        `deadline` is a time.monotonic() value.
+        Returns as soon as upstream answered 200. `max_tokens` is the cap (sent as
+        `max_completion_tokens`, or `max_tokens` where configured, never to a reasoning
+        model). `extra` (a /v1 client's parameters) passes through unchanged;
+        `reasoning_effort` and `sampling` (the gateway's own choices) go only to models
+        that accept them. Raises UpstreamRejected (400), UpstreamMisconfigured
+        (401/403/404), UpstreamUnavailable (every model failed): UpstreamErrors carrying
+        `models_tried`. `deadline` is a time.monotonic() value.
         """
 
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # A summary call's own deadline, from when it starts (not the chat stream's deadline).
     summary_timeout_s: float = Field(default=20.0, gt=0)
     openai_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_first_byte_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_cap_parameter: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] = "low"
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
     cancel_poll_s: float = Field(default=1.0, gt=0)

@@ -202,7 +202,7 @@ async def test_rate_limit_fault_carries_retry_headers_for_its_times(
             assert response.json()["error"]["type"] == "rate_limit_error"
 
     assert statuses == [429, 429, 200]
-    outcomes = [(r["outcome"], r["status"]) for r in offline_model.requests()]
+    outcomes = [(r["outcome"], r["status"]) for r in offline_model.ended_requests()]
     assert outcomes == [("fault_status", 429), ("fault_status", 429), ("completed", 200)]
 
 
@@ -346,14 +346,20 @@ async def test_cached_tokens_rule_is_reported_in_usage(
 
 async def test_admin_endpoints_validate_and_round_trip(http: httpx.AsyncClient) -> None:
     assert (await http.get("/health")).status_code == 200
-    config = await http.post("/_offline/config", json={"chunk_interval_s": 0.01})
+    config = await http.post(
+        "/_offline/config", json={"chunk_interval_s": 0.01, "reasoning_tokens": {"low": 5}}
+    )
     assert config.json() == {
         "first_token_delay_s": 0.0,
         "chunk_interval_s": 0.01,
         "reply_tokens": None,
+        "reasoning_silence_s": 0.0,
+        "reasoning_tokens": {"minimal": 16, "low": 5, "medium": 192, "high": 512},
     }
     assert (await http.get("/_offline/config")).json() == config.json()
     assert (await http.post("/_offline/config", json={"reply_tokens": 0})).status_code == 400
+    bad_effort = {"reasoning_tokens": {"none": 1}}
+    assert (await http.post("/_offline/config", json=bad_effort)).status_code == 400
     assert (await http.post("/_offline/faults", json={"kind": "status"})).status_code == 400
     assert (await http.post("/_offline/faults", json={"kind": "melt"})).status_code == 400
 
@@ -361,3 +367,225 @@ async def test_admin_endpoints_validate_and_round_trip(http: httpx.AsyncClient) 
     assert [rule["kind"] for rule in added.json()] == ["cut", "slow"]
     assert (await http.delete("/_offline/faults")).status_code == 204
     assert (await http.get("/_offline/faults")).json() == []
+
+
+# --- reasoning models -------------------------------------------------------------------
+
+REASONING_MODELS = ["gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini", "gpt-5-mini-2025-08-07"]
+
+
+async def test_model_list_has_todays_models(http: httpx.AsyncClient) -> None:
+    listing = (await http.get("/v1/models")).json()
+
+    assert listing["object"] == "list"
+    ids = {model["id"] for model in listing["data"]}
+    for name in ("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"):
+        assert name in ids
+    assert {"o3", "o4-mini", "gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"} <= ids
+    assert "gpt-5-mini-2025-08-07" in ids
+
+
+@pytest.mark.parametrize("model", REASONING_MODELS)
+async def test_reasoning_models_refuse_max_tokens_with_openais_error(
+    http: httpx.AsyncClient, offline_model: OfflineModelClient, model: str
+) -> None:
+    response = await http.post(
+        "/v1/chat/completions", json=chat_body(model=model, max_tokens=100, stream=True)
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "unsupported_parameter",
+        }
+    }
+    (record,) = offline_model.requests()
+    assert record["outcome"] == "invalid_request"
+    assert record["body"]["max_tokens"] == 100
+
+
+async def test_reasoning_models_refuse_sampling_parameters_like_openai(
+    client: AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(model="gpt-5-mini", messages=MESSAGES, temperature=0.7)
+    assert raised.value.body == {
+        "message": "Unsupported value: 'temperature' does not support 0.7 with this model. "
+        "Only the default (1) value is supported.",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "unsupported_value",
+    }
+    for name, value in [("top_p", 0.9), ("presence_penalty", 0.5), ("logprobs", True)]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(
+                model="o4-mini", messages=MESSAGES, extra_body={name: value}
+            )
+        assert raised.value.code == "unsupported_parameter"
+        assert raised.value.param == name
+
+    accepted = await client.chat.completions.create(
+        model="gpt-5-mini", messages=MESSAGES, temperature=1, max_completion_tokens=400
+    )
+    assert accepted.choices[0].message.content
+
+
+async def test_reasoning_effort_is_for_reasoning_models_only(client: AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(
+            model="gpt-4.1-mini", messages=MESSAGES, reasoning_effort="low"
+        )
+    assert raised.value.code == "unsupported_parameter"
+    assert raised.value.param == "reasoning_effort"
+
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(
+            model="gpt-5", messages=MESSAGES, extra_body={"reasoning_effort": "extreme"}
+        )
+    assert raised.value.code == "unsupported_value"
+    assert "'extreme'" in raised.value.message
+
+
+@pytest.mark.parametrize("cap_field", ["max_tokens", "max_completion_tokens"])
+async def test_non_reasoning_models_accept_both_cap_fields(
+    http: httpx.AsyncClient, cap_field: str
+) -> None:
+    response = await http.post(
+        "/v1/chat/completions", json=chat_body(model="gpt-4.1-mini", **{cap_field: 4})
+    )
+
+    assert response.status_code == 200
+    completion = response.json()
+    assert completion["model"] == "gpt-4.1-mini-2025-04-14"
+    assert completion["usage"]["completion_tokens"] == 4
+    assert completion["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+
+
+@pytest.mark.parametrize(("effort", "reasoning_tokens"), [(None, 30), ("minimal", 0), ("high", 70)])
+async def test_reasoning_tokens_are_spent_per_effort_and_reported_in_usage(
+    client: AsyncOpenAI,
+    offline_model: OfflineModelClient,
+    effort: str | None,
+    reasoning_tokens: int,
+) -> None:
+    offline_model.set_config(
+        reply_tokens=12, reasoning_tokens={"minimal": 0, "medium": 30, "high": 70}
+    )
+    extra = {"reasoning_effort": effort} if effort else {}
+    stream = await client.chat.completions.create(
+        model="gpt-5-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_completion_tokens=500,
+        extra_body=extra,
+    )
+    chunks = [chunk async for chunk in stream]
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(token_counter().encoding("gpt-5-mini").encode(text)) == 12
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == reasoning_tokens + 12
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == reasoning_tokens
+    assert usage.prompt_tokens == token_counter().count_messages("gpt-5-mini", MESSAGES)
+    assert chunks[0].model == "gpt-5-mini-2025-08-07"
+    (record,) = offline_model.ended_requests()
+    assert (record["completion_tokens"], record["reasoning_tokens"]) == (
+        reasoning_tokens + 12,
+        reasoning_tokens,
+    )
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_cap_reached_while_reasoning_shows_no_text(
+    http: httpx.AsyncClient, offline_model: OfflineModelClient, stream: bool
+) -> None:
+    offline_model.set_config(reasoning_tokens={"low": 64})
+    body = chat_body(
+        model="o3",
+        max_completion_tokens=40,
+        reasoning_effort="low",
+        stream=stream,
+        stream_options={"include_usage": True} if stream else None,
+    )
+    response = await http.post("/v1/chat/completions", json=body)
+
+    if stream:
+        events = response.text.split("\n\n")[:-2]
+        chunks = [json.loads(event.removeprefix("data: ")) for event in events]
+        role, finish, usage_chunk = chunks
+        assert role["choices"][0]["delta"]["role"] == "assistant"
+        assert finish["choices"][0]["finish_reason"] == "length"
+        usage = usage_chunk["usage"]
+    else:
+        completion = response.json()
+        assert completion["choices"][0]["message"]["content"] == ""
+        assert completion["choices"][0]["finish_reason"] == "length"
+        usage = completion["usage"]
+    assert usage["completion_tokens"] == 40
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 40
+
+
+async def test_cap_reached_after_reasoning_shortens_the_text(
+    http: httpx.AsyncClient, offline_model: OfflineModelClient
+) -> None:
+    offline_model.set_config(reasoning_tokens={"low": 64}, reply_tokens=30)
+    body = chat_body(model="gpt-5-nano", max_completion_tokens=70, reasoning_effort="low")
+    completion = (await http.post("/v1/chat/completions", json=body)).json()
+
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert (
+        len(
+            token_counter()
+            .encoding("gpt-5-nano")
+            .encode(completion["choices"][0]["message"]["content"])
+        )
+        == 6
+    )
+    assert completion["usage"]["completion_tokens"] == 70
+    assert completion["usage"]["completion_tokens_details"]["reasoning_tokens"] == 64
+
+
+async def test_reasoning_model_answers_at_once_then_thinks_in_silence(
+    offline_model: OfflineModelClient,
+) -> None:
+    # Given a model that thinks far longer than this client waits for any byte
+    offline_model.set_config(reasoning_silence_s=60)
+    body = chat_body(model="gpt-5", stream=True, max_completion_tokens=500)
+    async with (
+        httpx.AsyncClient(base_url=offline_model.url, timeout=5.0) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        # When the response starts, Then the status and the role chunk are already in
+        assert response.status_code == 200
+        first_event = await anext(response.aiter_text())
+        assert '"role":"assistant","content":""' in first_event
+        assert offline_model.requests()[0]["chunks_sent"] == 0
+
+    (record,) = offline_model.ended_requests()
+    assert (record["outcome"], record["chunks_sent"]) == ("client_disconnected", 0)
+
+
+async def test_hang_fault_never_sends_the_status_line_for_its_model(
+    http: httpx.AsyncClient, offline_model: OfflineModelClient
+) -> None:
+    offline_model.add_fault(model="gpt-5-mini", kind="hang")
+
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post(
+            "/v1/chat/completions",
+            json=chat_body(model="gpt-5-mini", stream=True),
+            timeout=httpx.Timeout(5.0, read=0.3),
+        )
+    other = await http.post("/v1/chat/completions", json=chat_body(model="gpt-4.1-mini"))
+
+    assert other.status_code == 200
+    hung, answered = offline_model.ended_requests()
+    assert (hung["model"], hung["outcome"], hung["status"]) == ("gpt-5-mini", "hung", None)
+    assert answered["outcome"] == "completed"

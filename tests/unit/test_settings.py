@@ -37,6 +37,9 @@ def test_defaults_match_the_configuration_table() -> None:
     assert settings.history_token_target == 4000
     assert settings.stream_timeout_s == 120
     assert settings.openai_timeout_s == 60
+    assert settings.upstream_first_byte_timeout_s == 10
+    assert settings.upstream_cap_parameter == "max_completion_tokens"
+    assert settings.reasoning_effort == "low"
     assert settings.rate_limit_per_minute == 60
     assert settings.conversation_ttl_days == 30
     assert settings.cancel_poll_s == 1.0
@@ -116,6 +119,9 @@ def test_numbers_are_parsed_from_the_environment(monkeypatch: pytest.MonkeyPatch
         ("STREAM_TIMEOUT_S", "0"),
         ("DAILY_COST_LIMIT_USD", "-1"),
         ("AUTH_MODE", "basic"),
+        ("UPSTREAM_FIRST_BYTE_TIMEOUT_S", "0"),
+        ("UPSTREAM_CAP_PARAMETER", "max_output_tokens"),
+        ("REASONING_EFFORT", "none"),
     ],
 )
 def test_invalid_values_are_start_up_errors(

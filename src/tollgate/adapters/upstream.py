@@ -9,6 +9,11 @@ it against its TypedDicts (its `transform` step: ~0.5 ms of CPU per request for 
 here, since plain string messages come out unchanged). After `[DONE]` the response is
 read to its end, so its connection goes back to the pool instead of being dropped (a new
 TCP + TLS handshake with OpenAI on every request otherwise).
+
+Reasoning models (the GPT-5 family, o-series) reject `max_tokens` and sampling parameters
+and think in silence after answering 200, so the cap goes up as `max_completion_tokens`,
+the gateway's sampling choices stay home, and an attempt's wait for the status line has
+its own bound (`first_byte_timeout_s`): a hung model moves the chain on in seconds.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, get_args
 
 import httpx2
 import openai
@@ -28,12 +33,12 @@ from openai import AsyncOpenAI
 
 from tollgate.adapters.secrets import FixedSecret, RotatingSecret
 from tollgate.errors import (
-    GatewayError,
     UpstreamMisconfigured,
     UpstreamRejected,
     UpstreamUnavailable,
 )
 from tollgate.ports import Message, UpstreamUsage
+from tollgate.pricing import CapParameter
 
 RETRIES_PER_MODEL = 1
 BASE_BACKOFF_S = 0.25
@@ -43,14 +48,22 @@ MIN_ATTEMPT_S = 0.05
 # After [DONE], how long to wait for the response's end so its connection can be reused.
 DRAIN_TIMEOUT_S = 1.0
 
+# The cap is the gateway's: a client's own value never reaches upstream beside it.
+CAP_PARAMETERS = get_args(CapParameter)
+# What OpenAI's reasoning models answer 400 to; the gateway's own choices of these stay home.
+REASONING_REJECTS = frozenset(
+    {"temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"}
+)
+REASONING_NAME_PREFIXES = ("gpt-5", "o1", "o3", "o4")
+
+
+def is_reasoning_by_name(model: str) -> bool:
+    """OpenAI's naming: the GPT-5 family and the o-series reason (dated snapshots included)."""
+    return model.startswith(REASONING_NAME_PREFIXES)
+
 
 class UpstreamCut(Exception):
     """The upstream stream ended without finishing (connection cut, error chunk)."""
-
-
-def _with_models(error: GatewayError, models_tried: list[str]) -> GatewayError:
-    error.models_tried = list(models_tried)  # type: ignore[attr-defined]
-    return error
 
 
 def retry_after_s(headers: httpx2.Headers | None) -> float | None:
@@ -86,11 +99,12 @@ def _error_message(exc: openai.APIStatusError) -> str:
 class OpenAIStream:
     """A 200 response from upstream, read line by line."""
 
-    def __init__(self, model: str, response: Any) -> None:
+    def __init__(self, model: str, response: Any, answered_at: float) -> None:
         self.model = model
         self.upstream_model: str | None = None
         self.usage: UpstreamUsage | None = None
         self.finish_reason: str | None = None
+        self.answered_at = answered_at
         self._response = response
 
     async def deltas(self) -> AsyncIterator[str]:
@@ -111,12 +125,7 @@ class OpenAIStream:
                     self.upstream_model = chunk.get("model")
                 usage = chunk.get("usage")
                 if usage:
-                    details = usage.get("prompt_tokens_details") or {}
-                    self.usage = UpstreamUsage(
-                        input_tokens=int(usage.get("prompt_tokens") or 0),
-                        cached_input_tokens=int(details.get("cached_tokens") or 0),
-                        output_tokens=int(usage.get("completion_tokens") or 0),
-                    )
+                    self.usage = _usage(usage)
                 for choice in chunk.get("choices") or ():
                     if choice.get("finish_reason"):
                         self.finish_reason = choice["finish_reason"]
@@ -134,6 +143,17 @@ class OpenAIStream:
         await self._response.close()
 
 
+def _usage(usage: Mapping[str, Any]) -> UpstreamUsage:
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return UpstreamUsage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
 async def _drain(lines: AsyncIterator[str]) -> None:
     """Read what follows [DONE] (normally just the end of the body): the connection is reused."""
     with contextlib.suppress(Exception):
@@ -143,18 +163,32 @@ async def _drain(lines: AsyncIterator[str]) -> None:
 
 
 class OpenAIUpstream:
+    """Each model is tried once and retried once (`retries_per_model`) before falling back.
+
+    An attempt waits for upstream's status line at most `first_byte_timeout_s` (None: only
+    `attempt_timeout_s` bounds it); both stop at the stream's deadline. `is_reasoning`
+    says which models reason (they get `max_completion_tokens` whatever `cap_parameter`
+    says, `reasoning_effort`, and none of the gateway's sampling parameters).
+    """
+
     def __init__(
         self,
         client: AsyncOpenAI,
         *,
         attempt_timeout_s: float,
+        first_byte_timeout_s: float | None = None,
         retries_per_model: int = RETRIES_PER_MODEL,
         api_key: RotatingSecret | FixedSecret | None = None,
+        cap_parameter: CapParameter = "max_completion_tokens",
+        is_reasoning: Callable[[str], bool] = is_reasoning_by_name,
     ) -> None:
         self._client = client.with_options(max_retries=0)
         self._attempt_timeout_s = attempt_timeout_s
+        self._first_byte_timeout_s = first_byte_timeout_s
         self._retries_per_model = retries_per_model
         self._api_key = api_key
+        self._cap_parameter = cap_parameter
+        self._is_reasoning = is_reasoning
 
     async def _current_client(self) -> AsyncOpenAI:
         """The client with the current key; without one, nothing is sent upstream."""
@@ -177,6 +211,8 @@ class OpenAIUpstream:
         max_tokens: int,
         deadline: float,
         extra: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> tuple[OpenAIStream, list[str]]:
         tried: list[str] = []
         client = await self._current_client()  # no key: refused before anything is sent
@@ -184,34 +220,37 @@ class OpenAIUpstream:
         retry_hint: float | None = None
         for model in models:
             tried.append(model)
+            body = self._request_body(
+                model,
+                messages,
+                max_tokens=max_tokens,
+                extra=extra,
+                reasoning_effort=reasoning_effort,
+                sampling=sampling,
+            )
             for attempt in range(self._retries_per_model + 1):
                 remaining = deadline - time.monotonic()
                 if remaining < MIN_ATTEMPT_S:
-                    raise _with_models(
-                        UpstreamUnavailable(
-                            f"upstream did not answer in time ({last_error})", retry_after=5
-                        ),
-                        tried,
+                    raise UpstreamUnavailable(
+                        f"upstream did not answer in time ({last_error})",
+                        retry_after=5,
+                        models_tried=tried,
                     )
                 try:
-                    stream = await self._attempt(
-                        client, model, messages, max_tokens, remaining, extra
-                    )
+                    stream = await self._attempt(client, model, body, remaining)
                     return stream, tried
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     if status == 400 or (
                         400 <= status < 500 and status not in (401, 403, 404, 429)
                     ):
-                        raise _with_models(UpstreamRejected(_error_message(exc)), tried) from exc
+                        raise UpstreamRejected(_error_message(exc), models_tried=tried) from exc
                     if status in (401, 403, 404):
                         if status == 401 and self._api_key is not None:
                             self._api_key.expire()  # rotated? read it again next time
-                        raise _with_models(
-                            UpstreamMisconfigured(
-                                f"upstream refused the gateway's call for {model} ({status})"
-                            ),
-                            tried,
+                        raise UpstreamMisconfigured(
+                            f"upstream refused the gateway's call for {model} ({status})",
+                            models_tried=tried,
                         ) from exc
                     last_error = f"{model}: HTTP {status}"
                     wait = retry_after_s(exc.response.headers)
@@ -227,13 +266,44 @@ class OpenAIUpstream:
                 if delay > min(MAX_BACKOFF_S * 4, deadline - time.monotonic() - MIN_ATTEMPT_S):
                     break
                 await asyncio.sleep(delay)
-        raise _with_models(
-            UpstreamUnavailable(
-                f"every model in the chain failed (last: {last_error})",
-                retry_after=max(1, round(retry_hint or 5)),
-            ),
-            tried,
+        raise UpstreamUnavailable(
+            f"every model in the chain failed (last: {last_error})",
+            retry_after=max(1, round(retry_hint or 5)),
+            models_tried=tried,
         )
+
+    def _request_body(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        extra: Mapping[str, Any] | None = None,
+        reasoning_effort: str | None = None,
+        sampling: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body for `model`, except `model` and `stream` (the SDK sets those)."""
+        reasoning = self._is_reasoning(model)
+        body = {
+            key: value
+            for key, value in (extra or {}).items()
+            if key not in ("model", "stream", *CAP_PARAMETERS)
+        }
+        if sampling:
+            body.update(
+                (key, value)
+                for key, value in sampling.items()
+                if not (reasoning and key in REASONING_REJECTS)
+            )
+        if reasoning and reasoning_effort is not None:
+            body["reasoning_effort"] = reasoning_effort
+        cap_parameter = "max_completion_tokens" if reasoning else self._cap_parameter
+        body.update(
+            messages=messages,
+            stream_options={"include_usage": True},
+            **{cap_parameter: max_tokens},
+        )
+        return body
 
     @staticmethod
     def _backoff(attempt: int) -> float:
@@ -241,28 +311,17 @@ class OpenAIUpstream:
         return ceiling * (0.5 + random.random() / 2)
 
     async def _attempt(
-        self,
-        client: AsyncOpenAI,
-        model: str,
-        messages: list[Message],
-        max_tokens: int,
-        remaining: float,
-        extra: dict[str, Any] | None,
+        self, client: AsyncOpenAI, model: str, body: dict[str, Any], remaining: float
     ) -> OpenAIStream:
         timeout = min(self._attempt_timeout_s, remaining)
-        # model and stream are the SDK's to set: extra_body would override them
-        body = {k: v for k, v in (extra or {}).items() if k not in ("model", "stream")}
-        # `max_tokens` (not its newer alias) is the cap every OpenAI-compatible server honours.
-        body.update(
-            messages=messages,
-            max_tokens=max_tokens,
-            stream_options={"include_usage": True},
-        )
+        first_byte_timeout = min(self._first_byte_timeout_s or timeout, timeout)
         # `messages=[]` is replaced by extra_body's: the SDK's per-request transform of the
         # typed params (a recursive walk of every message) is skipped, the wire body is the same.
         context = client.chat.completions.with_streaming_response.create(
             model=model, messages=[], stream=True, extra_body=body, timeout=timeout
         )
-        async with asyncio.timeout(timeout):
+        # Entering returns once the status line and headers are in: before a reasoning
+        # model's silence, which the stream's own reads (each bounded by `timeout`) sit out.
+        async with asyncio.timeout(first_byte_timeout):
             response = await context.__aenter__()
-        return OpenAIStream(model, response)
+        return OpenAIStream(model, response, answered_at=time.monotonic())

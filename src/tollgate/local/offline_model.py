@@ -2,14 +2,27 @@
 
 Used by `make run` without an API key, by demos, by the gateway's integration tests and
 by benchmarks. `POST /v1/chat/completions` answers in OpenAI's exact wire format, stream
-and non-stream. Tests steer it over HTTP:
+and non-stream; `GET /v1/models` lists the models it knows (`MODELS`).
+
+Reasoning models (the GPT-5 family, o3, o4-mini and their dated snapshots) behave like
+OpenAI's: `max_tokens`, a `temperature` other than 1, `top_p`, penalties and logprobs are
+refused with OpenAI's 400 bodies; `max_completion_tokens` and `reasoning_effort` are
+accepted. They answer 200 and the role chunk at once, stay silent `reasoning_silence_s`,
+spend `reasoning_tokens[effort]` hidden tokens (default effort `medium`), then stream the
+visible text. The cap bounds reasoning + visible tokens (reached while reasoning:
+`finish_reason` `length`, no text); usage reports them in
+`completion_tokens_details.reasoning_tokens`, included in `completion_tokens`. Other
+models accept `max_tokens` and `max_completion_tokens` and refuse `reasoning_effort`.
+
+Tests steer it over HTTP:
 
 - `POST /_offline/faults` appends fault rules (one object or a list), `GET` lists them,
   `DELETE` clears them. See `FaultRule`.
 - `POST /_offline/config` updates the defaults (`OfflineModelConfig`), `GET` returns them.
 - `GET /_offline/requests` lists one record per chat request received (`DELETE` clears),
-  with how it ended: `completed`, `client_disconnected`, `fault_status`, `cut` or
-  `invalid_request` (`in_progress` while it runs).
+  with the request `body` as received and how it ended: `completed`,
+  `client_disconnected`, `fault_status`, `cut`, `hung` (the client gave up on a hung
+  request) or `invalid_request` (`in_progress` while it runs).
 
 Everything a response needs is computed before its first byte, so streaming a chunk is
 one `send` of prebuilt bytes.
@@ -24,6 +37,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import time
 from collections import deque
@@ -43,11 +57,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.adapters.tokenizer import get_encoding, token_counter
 
-DATED_SNAPSHOTS = {
-    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
-    "gpt-4o": "gpt-4o-2024-08-06",
-    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
+
+@dataclass(frozen=True)
+class KnownModel:
+    snapshot: str  # the dated name upstream reports when asked for the base name
+    reasoning: bool = False
+
+
+MODELS = {
+    "gpt-5": KnownModel("gpt-5-2025-08-07", reasoning=True),
+    "gpt-5-mini": KnownModel("gpt-5-mini-2025-08-07", reasoning=True),
+    "gpt-5-nano": KnownModel("gpt-5-nano-2025-08-07", reasoning=True),
+    "gpt-4.1": KnownModel("gpt-4.1-2025-04-14"),
+    "gpt-4.1-mini": KnownModel("gpt-4.1-mini-2025-04-14"),
+    "gpt-4.1-nano": KnownModel("gpt-4.1-nano-2025-04-14"),
+    "o3": KnownModel("o3-2025-04-16", reasoning=True),
+    "o4-mini": KnownModel("o4-mini-2025-04-16", reasoning=True),
+    "gpt-4o-mini": KnownModel("gpt-4o-mini-2024-07-18"),
+    "gpt-4o": KnownModel("gpt-4o-2024-08-06"),
+    "gpt-3.5-turbo": KnownModel("gpt-3.5-turbo-0125"),
 }
+DATED_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+DEFAULT_REASONING_EFFORT = "medium"
+# Refused by reasoning models whatever their value (temperature only when not 1).
+REASONING_UNSUPPORTED = (
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+)
 SYSTEM_FINGERPRINT = "fp_0ff11ne000"
 REQUEST_LOG_LIMIT = 10_000
 MIN_NATURAL_REPLY_TOKENS = 20
@@ -77,9 +117,31 @@ PREPOSITIONS = (
 SHORTEST_FULL_SENTENCE = 4  # "The river moves."
 SENTENCE_LENGTHS = (6, 16)
 
-FaultKind = Literal["status", "slow", "cut"]
+FaultKind = Literal["status", "slow", "cut", "hang"]
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+
+
+def model_facts(requested: str) -> tuple[str, bool]:
+    """The model name upstream reports for `requested`, and whether it is a reasoning model."""
+    known = MODELS.get(requested)
+    if known is not None:
+        return known.snapshot, known.reasoning
+    base = MODELS.get(DATED_SUFFIX.sub("", requested))
+    return requested, base is not None and base.reasoning
+
 
 # --- configuration and fault rules -------------------------------------------------------
+
+
+class ReasoningTokens(BaseModel):
+    """Hidden tokens a reasoning model spends per `reasoning_effort` (an omitted one: default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    minimal: int = Field(default=16, ge=0)
+    low: int = Field(default=64, ge=0)
+    medium: int = Field(default=192, ge=0)
+    high: int = Field(default=512, ge=0)
 
 
 class OfflineModelConfig(BaseModel):
@@ -90,6 +152,9 @@ class OfflineModelConfig(BaseModel):
     first_token_delay_s: float = Field(default=0.0, ge=0)
     chunk_interval_s: float = Field(default=0.0, ge=0)
     reply_tokens: int | None = Field(default=None, ge=1)
+    # reasoning models only: silence after the role chunk, hidden tokens per effort
+    reasoning_silence_s: float = Field(default=0.0, ge=0)
+    reasoning_tokens: ReasoningTokens = Field(default_factory=lambda: ReasoningTokens())
 
 
 class FaultRule(BaseModel):
@@ -97,8 +162,10 @@ class FaultRule(BaseModel):
 
     kind `status`: answer with an OpenAI-shaped error of that status (with `retry-after` /
     `retry-after-ms` headers when set). kind `cut`: send `cut_after_chunks` content
-    chunks, then drop the connection. kind `slow` or null: answer normally. Every kind
-    also applies the timing overrides and `cached_tokens` it sets.
+    chunks, then drop the connection. kind `hang`: read the request, then send nothing
+    (not even the status line) until the client goes away. kind `slow` or null: answer
+    normally. Every kind also applies the timing overrides, `reasoning_tokens` (this many
+    hidden tokens, whatever the effort) and `cached_tokens` it sets.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -114,6 +181,8 @@ class FaultRule(BaseModel):
     chunk_interval_s: float | None = Field(default=None, ge=0)
     cut_after_chunks: int = Field(default=0, ge=0)
     cached_tokens: int | None = Field(default=None, ge=0)
+    reasoning_silence_s: float | None = Field(default=None, ge=0)
+    reasoning_tokens: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _status_kind_has_status(self) -> FaultRule:
@@ -216,10 +285,11 @@ def _reply(seed: int, length: int, encoding_name: str) -> _Reply:
 
 
 class _InvalidRequest(Exception):
-    def __init__(self, message: str, param: str | None) -> None:
+    def __init__(self, message: str, param: str | None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -229,6 +299,53 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    body: dict[str, Any]
+    reported_model: str
+    reasoning: bool
+    reasoning_effort: ReasoningEffort | None
+
+
+def _unsupported_parameter(name: str) -> _InvalidRequest:
+    return _InvalidRequest(
+        f"Unsupported parameter: '{name}' is not supported with this model.",
+        name,
+        "unsupported_parameter",
+    )
+
+
+def _check_reasoning_parameters(body: Mapping[str, Any]) -> ReasoningEffort | None:
+    """Refuse what OpenAI's reasoning models refuse, with their messages; the effort asked."""
+    if body.get("max_tokens") is not None:
+        raise _InvalidRequest(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            "max_tokens",
+            "unsupported_parameter",
+        )
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _InvalidRequest(
+            f"Unsupported value: 'temperature' does not support {json.dumps(temperature)} "
+            "with this model. Only the default (1) value is supported.",
+            "temperature",
+            "unsupported_value",
+        )
+    for name in REASONING_UNSUPPORTED:
+        if body.get(name) is not None:
+            raise _unsupported_parameter(name)
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in REASONING_EFFORTS:
+        shown = f"'{effort}'" if isinstance(effort, str) else json.dumps(effort)
+        raise _InvalidRequest(
+            f"Unsupported value: 'reasoning_effort' does not support {shown} "
+            "with this model. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
+            "reasoning_effort",
+            "unsupported_value",
+        )
+    chosen: ReasoningEffort = effort
+    return chosen
 
 
 def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
@@ -267,12 +384,23 @@ def parse_chat_request(raw: bytes) -> _ChatRequest:
         raise _InvalidRequest("Invalid 'stream_options': expected an object.", "stream_options")
     max_completion_tokens = _optional_positive_int(body, "max_completion_tokens")
     max_tokens = _optional_positive_int(body, "max_tokens")
+    reported_model, reasoning = model_facts(model)
+    if reasoning:
+        reasoning_effort = _check_reasoning_parameters(body)
+    elif body.get("reasoning_effort") is not None:
+        raise _unsupported_parameter("reasoning_effort")
+    else:
+        reasoning_effort = None
     return _ChatRequest(
         model=model,
         messages=messages,
         stream=stream,
         include_usage=stream and stream_options.get("include_usage") is True,
         max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
+        body=body,
+        reported_model=reported_model,
+        reasoning=reasoning,
+        reasoning_effort=reasoning_effort,
     )
 
 
@@ -320,14 +448,16 @@ def _fault_response(rule: FaultRule) -> JSONResponse:
     return JSONResponse(openai_error(status, message), status_code=status, headers=headers)
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def _usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int, reasoning_tokens: int
+) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -358,16 +488,17 @@ class _Completion:
     created: int
     reported_model: str
     reply: _Reply
-    completion_tokens: int
+    visible_tokens: int
     finish_reason: str
     usage: dict[str, Any]
+    reasoning_silence_s: float  # before the first visible token, after the role chunk
     first_token_delay_s: float
     chunk_interval_s: float
     cut_after_chunks: int | None
 
     @property
     def content(self) -> str:
-        return "".join(self.reply.token_texts[: self.completion_tokens])
+        return "".join(self.reply.token_texts[: self.visible_tokens])
 
     def json_body(self) -> bytes:
         completion = {
@@ -404,7 +535,7 @@ class _Completion:
         tail = b',"logprobs":null,"finish_reason":null}]' + usage_field + b"}\n\n"
         role = head + b'{"role":"assistant","content":"","refusal":null}' + tail
         content = [
-            head + delta + tail for delta in self.reply.content_deltas[: self.completion_tokens]
+            head + delta + tail for delta in self.reply.content_deltas[: self.visible_tokens]
         ]
         ending = [
             head
@@ -478,6 +609,13 @@ class OfflineModel:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def list_models(self, request: Request) -> Response:
+        names = [name for base, known in MODELS.items() for name in (base, known.snapshot)]
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "system"} for name in names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
     async def list_faults(self, request: Request) -> Response:
         return JSONResponse([active.view() for active in self.rules])
 
@@ -525,11 +663,13 @@ class OfflineModel:
             "messages": None,
             "max_tokens": None,
             "stream": None,
+            "body": None,
             "outcome": "in_progress",
             "status": None,
             "chunks_sent": 0,
             "prompt_tokens": None,
             "completion_tokens": None,
+            "reasoning_tokens": None,
             "started_at": time.time(),
             "ended_at": None,
         }
@@ -542,29 +682,37 @@ class OfflineModel:
     async def _answer(
         self, request: Request, receive: Receive, send: Send, record: dict[str, Any]
     ) -> None:
+        raw = await request.body()
+        with suppress(ValueError):
+            record["body"] = json.loads(raw)
         try:
-            chat = parse_chat_request(await request.body())
+            chat = parse_chat_request(raw)
         except _InvalidRequest as exc:
             record.update(outcome="invalid_request", status=400)
-            error = openai_error(400, exc.message, param=exc.param)
+            error = openai_error(400, exc.message, param=exc.param, code=exc.code)
             await JSONResponse(error, status_code=400)(request.scope, receive, send)
             return
-        reported_model = DATED_SNAPSHOTS.get(chat.model, chat.model)
         record.update(
             model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens, stream=chat.stream
         )
-        rule = self.take_matching_rule(chat.model, reported_model)
+        rule = self.take_matching_rule(chat.model, chat.reported_model)
         if rule is not None and rule.kind == "status":
             response = _fault_response(rule)
             record.update(outcome="fault_status", status=response.status_code)
             await response(request.scope, receive, send)
             return
-        completion = self._complete(chat, reported_model, rule)
+        if rule is not None and rule.kind == "hang":
+            await _until_disconnect(receive)
+            record["outcome"] = "hung"
+            return
+        completion = self._complete(chat, rule)
+        usage = completion.usage
         record.update(
             id=completion.id,
             status=200,
-            prompt_tokens=completion.usage["prompt_tokens"],
-            completion_tokens=completion.completion_tokens,
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            reasoning_tokens=usage["completion_tokens_details"]["reasoning_tokens"],
         )
         if chat.stream:
             sending = self._send_stream(send, completion, chat.include_usage, record)
@@ -577,18 +725,34 @@ class OfflineModel:
             raise
         record["outcome"] = "client_disconnected" if disconnected else "completed"
 
-    def _complete(
-        self, chat: _ChatRequest, reported_model: str, rule: FaultRule | None
-    ) -> _Completion:
+    def _reasoning(self, chat: _ChatRequest, rule: FaultRule | None) -> tuple[int, float]:
+        """Hidden tokens the request spends and the silence before its first visible token."""
+        if not chat.reasoning:
+            return 0, 0.0
+        effort = chat.reasoning_effort or DEFAULT_REASONING_EFFORT
+        tokens: int = getattr(self.config.reasoning_tokens, effort)
+        silence_s = self.config.reasoning_silence_s
+        if rule is not None:
+            if rule.reasoning_tokens is not None:
+                tokens = rule.reasoning_tokens
+            if rule.reasoning_silence_s is not None:
+                silence_s = rule.reasoning_silence_s
+        return tokens, silence_s
+
+    def _complete(self, chat: _ChatRequest, rule: FaultRule | None) -> _Completion:
         counter = token_counter()
         prompt_tokens = counter.count_messages(chat.model, chat.messages)
         seed = messages_seed(chat.messages)
         length = self.config.reply_tokens or natural_reply_length(seed)
         reply = _reply(seed, length, counter.encoding(chat.model).name)
-        completion_tokens = len(reply.token_texts)
+        reasoning_tokens, reasoning_silence_s = self._reasoning(chat, rule)
+        visible_tokens = len(reply.token_texts)
         finish_reason = "stop"
-        if chat.max_tokens is not None and chat.max_tokens < completion_tokens:
-            completion_tokens, finish_reason = chat.max_tokens, "length"
+        # The cap bounds reasoning + visible tokens; reached while reasoning, nothing shows.
+        if chat.max_tokens is not None and chat.max_tokens < reasoning_tokens + visible_tokens:
+            reasoning_tokens = min(reasoning_tokens, chat.max_tokens)
+            visible_tokens = chat.max_tokens - reasoning_tokens
+            finish_reason = "length"
         cached_tokens = min(rule.cached_tokens or 0, prompt_tokens) if rule else 0
         first_token_delay_s = self.config.first_token_delay_s
         chunk_interval_s = self.config.chunk_interval_s
@@ -600,11 +764,14 @@ class OfflineModel:
         return _Completion(
             id="chatcmpl-" + secrets.token_urlsafe(21).replace("-", "x").replace("_", "y"),
             created=int(time.time()),
-            reported_model=reported_model,
+            reported_model=chat.reported_model,
             reply=reply,
-            completion_tokens=completion_tokens,
+            visible_tokens=visible_tokens,
             finish_reason=finish_reason,
-            usage=_usage(prompt_tokens, completion_tokens, cached_tokens),
+            usage=_usage(
+                prompt_tokens, reasoning_tokens + visible_tokens, cached_tokens, reasoning_tokens
+            ),
+            reasoning_silence_s=reasoning_silence_s,
             first_token_delay_s=first_token_delay_s,
             chunk_interval_s=chunk_interval_s,
             cut_after_chunks=rule.cut_after_chunks if rule and rule.kind == "cut" else None,
@@ -618,6 +785,8 @@ class OfflineModel:
         cut_after = completion.cut_after_chunks
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send(_body(role))
+        if completion.reasoning_silence_s:
+            await asyncio.sleep(completion.reasoning_silence_s)
         delay = completion.first_token_delay_s
         for sent, event in enumerate(content):
             if sent == cut_after:
@@ -635,8 +804,10 @@ class OfflineModel:
 
     @staticmethod
     async def _send_json(send: Send, completion: _Completion) -> None:
-        generation_s = completion.first_token_delay_s + completion.chunk_interval_s * max(
-            0, completion.completion_tokens - 1
+        generation_s = (
+            completion.reasoning_silence_s
+            + completion.first_token_delay_s
+            + completion.chunk_interval_s * max(0, completion.visible_tokens - 1)
         )
         if generation_s:
             await asyncio.sleep(generation_s)
@@ -676,6 +847,7 @@ def create_app(config: OfflineModelConfig | None = None) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", _AsgiEndpoint(model.chat_completions), methods=["POST"]),
+        Route("/v1/models", model.list_models, methods=["GET"]),
         Route("/health", model.health, methods=["GET"]),
         Route("/_offline/faults", model.list_faults, methods=["GET"]),
         Route("/_offline/faults", model.add_faults, methods=["POST"]),
@@ -704,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         first_token_delay_s=_env_float("OFFLINE_MODEL_FIRST_TOKEN_DELAY_S") or 0.0,
         chunk_interval_s=_env_float("OFFLINE_MODEL_CHUNK_INTERVAL_S") or 0.0,
         reply_tokens=int(reply_tokens) if reply_tokens else None,
+        reasoning_silence_s=_env_float("OFFLINE_MODEL_REASONING_SILENCE_S") or 0.0,
     )
     uvicorn.run(
         create_app(config),
