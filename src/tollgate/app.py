@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tollgate.ports import BudgetAlerts, ConversationStore, RequestRegistry, Usa
 from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
 from tollgate.stream import ChatStream
+from tollgate.wire import sse
 from tollgate.wire.body import MAX_BODY_BYTES, body_too_large
 from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
 from tollgate.wire.openai import (
@@ -53,6 +55,7 @@ log = logging.getLogger("tollgate.app")
 class Dependencies:
     service: ChatService
     authenticator: Authenticator
+    sse_keepalive_s: float = 15.0
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -67,10 +70,31 @@ class SSEResponse:
     """Streams a ChatStream; a client that goes away stops it, and it is always settled."""
 
     def __init__(
-        self, stream: ChatStream, frames: AsyncGenerator[bytes, None] | None = None
+        self,
+        stream: ChatStream,
+        frames: AsyncGenerator[bytes, None] | None = None,
+        *,
+        keepalive_s: float = 15.0,
     ) -> None:
         self._stream = stream
         self._frames = frames if frames is not None else chat_frames(stream)
+        self._keepalive_s = keepalive_s
+        self._sending = asyncio.Lock()
+        self._last_sent = 0.0
+
+    async def _send(self, send: Send, body: bytes, *, more: bool = True) -> None:
+        async with self._sending:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+            self._last_sent = time.monotonic()
+
+    async def _keep_alive(self, send: Send) -> None:
+        """An SSE comment whenever nothing was sent for a while (a reasoning model thinking)."""
+        while True:
+            idle = time.monotonic() - self._last_sent
+            if idle < self._keepalive_s:
+                await asyncio.sleep(self._keepalive_s - idle)
+                continue
+            await self._send(send, sse.KEEPALIVE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream
@@ -86,14 +110,19 @@ class SSEResponse:
                 ],
             }
         )
-        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive))
+        self._last_sent = time.monotonic()
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch_disconnect(receive))
+        keeper = loop.create_task(self._keep_alive(send))
         frames = self._frames
         try:
             async for frame in frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._send(send, frame)
+            keeper.cancel()
+            await self._send(send, b"", more=False)
         finally:
             watcher.cancel()
+            keeper.cancel()
             # Settle first, shielded: an await here after a disconnect is cancelled too, and
             # the settlement must still run to its end.
             await asyncio.shield(stream.aclose())
@@ -148,7 +177,7 @@ def authenticated(
 async def post_chat(request: Request, payer: Payer) -> SSEResponse:
     chat_request = parse_chat_request(await read_body(request))
     stream = await deps(request).service.start(payer, chat_request)
-    return SSEResponse(stream)
+    return SSEResponse(stream, keepalive_s=deps(request).sse_keepalive_s)
 
 
 @authenticated
@@ -198,7 +227,11 @@ async def post_completions(request: Request) -> Response | SSEResponse:
     except GatewayError as error:
         return openai_error_response(error)
     if completion.stream:
-        return SSEResponse(stream, CompletionEncoder(stream, completion.include_usage).frames())
+        return SSEResponse(
+            stream,
+            CompletionEncoder(stream, completion.include_usage).frames(),
+            keepalive_s=dependencies.sse_keepalive_s,
+        )
     try:
         outcome = await collect(stream)
     finally:
@@ -362,16 +395,22 @@ def build_dependencies(
         memory_stores(settings) if settings.store_backend == "memory" else dynamodb_stores(settings)
     )
     recorder = recorder or CostRecorder()
+    prices = price_table(settings.price_table_path)
     service = ChatService(
         config_from_settings(settings),
         usage=stores.usage,
         requests=stores.requests,
         conversations=stores.conversations,
         upstream=OpenAIUpstream(
-            client, attempt_timeout_s=settings.openai_timeout_s, api_key=api_key
+            client,
+            attempt_timeout_s=settings.openai_timeout_s,
+            first_byte_timeout_s=settings.upstream_first_byte_timeout_s,
+            cap_parameter=settings.upstream_cap_parameter,
+            is_reasoning=prices.is_reasoning,
+            api_key=api_key,
         ),
         tokens=token_counter(settings.price_table_path),
-        prices=price_table(settings.price_table_path),
+        prices=prices,
         prompts=PromptLibrary.load(Path(settings.prompts_dir) if settings.prompts_dir else None),
         recorder=recorder,
         request_ids=request_ids_keyed(request_id_key),
@@ -392,7 +431,9 @@ def build_dependencies(
             team_claim=settings.team_claim,
         ),
     )
-    return Dependencies(service=service, authenticator=authenticator)
+    return Dependencies(
+        service=service, authenticator=authenticator, sse_keepalive_s=settings.sse_keepalive_s
+    )
 
 
 def create_app(

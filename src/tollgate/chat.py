@@ -91,6 +91,7 @@ class ChatConfig:
     openai_timeout_s: float
     cancel_poll_s: float
     rate_limit_per_minute: int
+    reasoning_effort: str | None = "low"  # sent to reasoning models on /chat
 
 
 @dataclass(slots=True)
@@ -247,7 +248,15 @@ class ChatService:
             ledger=self.ledger,
             clock=self._clock,
         )
-        return await self._open(pending, hold, messages, prompt_bound, counts, turn=turn)
+        return await self._open(
+            pending,
+            hold,
+            messages,
+            prompt_bound,
+            counts,
+            turn=turn,
+            reasoning_effort=config.reasoning_effort,
+        )
 
     async def start_completion(
         self,
@@ -285,7 +294,18 @@ class ChatService:
             raise counts.refuse(TooLarge(f"prompt is {prompt_tokens} tokens; the limit is {limit}"))
         pending = self._pending(payer, max_tokens, models, None)
         hold, _ = await self._admit(pending, prompt_tokens, counts, None)
-        return await self._open(pending, hold, messages, prompt_tokens, counts, extra=extra)
+        # The client's reasoning effort goes to the reasoning models of the chain only.
+        extra = dict(extra)
+        effort = extra.pop("reasoning_effort", None)
+        return await self._open(
+            pending,
+            hold,
+            messages,
+            prompt_tokens,
+            counts,
+            extra=extra,
+            reasoning_effort=effort if isinstance(effort, str) else None,
+        )
 
     def _pending(
         self, payer: Payer, max_tokens: int | None, models: tuple[str, ...], prompt: str | None
@@ -368,6 +388,7 @@ class ChatService:
         *,
         turn: TurnWriter | None = None,
         extra: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
     ) -> ChatStream:
         """Call upstream once the request is admitted; a refusal there gives everything back."""
         record = pending.record
@@ -383,6 +404,7 @@ class ChatService:
                 max_tokens=pending.cap,
                 deadline=pending.timing.deadline,
                 extra=extra,
+                reasoning_effort=reasoning_effort,
             )
         except BaseException as error:
             await self.ledger.give_back(hold)
@@ -411,7 +433,7 @@ class ChatService:
             hold=hold,
             ledger=self.ledger,
             meter=self._meter,
-            prompt=Prompt(messages, prompt_tokens if counts.exact else None),
+            prompt=Prompt(messages, prompt_tokens if counts.exact else None, pending.cap),
             timing=pending.timing,
             turn=turn,
             cancel_requested=lambda: self._requests.is_cancelled(pending.request_id),
@@ -459,4 +481,5 @@ def config_from_settings(settings: Settings) -> ChatConfig:
         openai_timeout_s=settings.openai_timeout_s,
         cancel_poll_s=settings.cancel_poll_s,
         rate_limit_per_minute=settings.rate_limit_per_minute,
+        reasoning_effort=settings.reasoning_effort,
     )

@@ -21,11 +21,13 @@ class Meter:
         reply: str,
         prompt_tokens: int | None,
         messages: list[Message],
+        cap: int,
     ) -> Amount:
         """Fill the record's usage and cost; the amount charged to the budget.
 
         Cut short before upstream reported usage, the call is priced by counting its
-        prompt (`prompt_tokens` when known exactly) and the text it produced.
+        prompt (`prompt_tokens` when known exactly) and the text it produced; a reasoning
+        model's hidden tokens cannot be counted, so its output is charged at the full cap.
         """
         model = stream.model
         record.upstream_model = stream.upstream_model
@@ -35,12 +37,16 @@ class Meter:
             record.input_tokens = usage.input_tokens
             record.cached_input_tokens = usage.cached_input_tokens
             record.output_tokens = usage.output_tokens
+            record.reasoning_tokens = usage.reasoning_tokens
         else:
             await self.counter.loaded()  # counting below must not block the event loop
             tokens = self.counter.tokens
             record.usage_source = "estimated"
             record.input_tokens = prompt_tokens or tokens.count_messages(model, messages)
-            record.output_tokens = tokens.count_text(model, reply) if reply else 0
+            if self.prices.is_reasoning(model):
+                record.output_tokens = cap
+            else:
+                record.output_tokens = tokens.count_text(model, reply) if reply else 0
         price = self.prices.price_for(record.upstream_model, model)
         record.cost_micros = price.cost_micros(
             record.input_tokens, record.cached_input_tokens, record.output_tokens

@@ -82,6 +82,7 @@ class CostRecord:
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
+    reasoning_tokens: int = 0  # hidden reasoning, included in output_tokens
     cost_micros: int = 0
     usage_source: str = "upstream"
     ttft_ms: float | None = None

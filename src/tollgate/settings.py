@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     upstream_first_byte_timeout_s: float = Field(default=10.0, gt=0)
     upstream_cap_parameter: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = "low"
+    # An SSE comment after this many seconds of silence keeps proxies from dropping a stream.
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
     cancel_poll_s: float = Field(default=1.0, gt=0)

@@ -45,6 +45,7 @@ class Outcome:
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     cost_micros: int
     # The user's day account after settlement (None when it could not be read)
     balance: Balance | None
@@ -64,6 +65,7 @@ class Prompt:
 
     messages: list[Message]
     tokens: int | None
+    cap: int  # the output cap sent upstream (reasoning included)
 
 
 class ChatStream:
@@ -204,6 +206,7 @@ class ChatStream:
             reply=reply,
             prompt_tokens=self._prompt.tokens,
             messages=self._prompt.messages,
+            cap=self._prompt.cap,
         )
         if self._first_token_at is not None:
             record.ttft_ms = round((self._first_token_at - self._timing.clock_start) * 1000, 1)
@@ -241,6 +244,7 @@ class ChatStream:
             record.input_tokens,
             record.cached_input_tokens,
             record.output_tokens,
+            record.reasoning_tokens,
             record.cost_micros,
             balance,
             None if summary is None else summary.charge,

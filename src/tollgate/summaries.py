@@ -109,7 +109,11 @@ class Summariser:
         try:
             async with asyncio.timeout(self._timeout_s):
                 stream, tried = await self._upstream.open_stream(
-                    [model], messages, max_tokens=self._cap, deadline=deadline
+                    [model],
+                    messages,
+                    max_tokens=self._cap,
+                    deadline=deadline,
+                    reasoning_effort="low",
                 )
                 record.models_tried = tried
                 async for text in stream.deltas():
@@ -131,7 +135,12 @@ class Summariser:
             return None
         text = "".join(parts)
         charged = await self._meter.charge(
-            record, stream, reply=text, prompt_tokens=prompt_tokens, messages=messages
+            record,
+            stream,
+            reply=text,
+            prompt_tokens=prompt_tokens,
+            messages=messages,
+            cap=self._cap,
         )
         balances = await self._ledger.settle(hold, charged)
         self._ledger.record(record, clock_start)

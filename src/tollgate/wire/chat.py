@@ -105,6 +105,7 @@ def usage_event(outcome: Outcome) -> bytes:
         "input_tokens": outcome.input_tokens,
         "cached_input_tokens": outcome.cached_input_tokens,
         "output_tokens": outcome.output_tokens,
+        "reasoning_tokens": outcome.reasoning_tokens,
         "cost_usd": micros_to_usd(outcome.cost_micros),
         "budget": budget,
     }

@@ -210,6 +210,7 @@ def _usage(outcome: Outcome) -> dict[str, Any]:
         "completion_tokens": outcome.output_tokens,
         "total_tokens": outcome.input_tokens + outcome.output_tokens,
         "prompt_tokens_details": {"cached_tokens": outcome.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
     }
 
 

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
+# A comment line: SSE clients ignore it; proxies see bytes and keep the stream open.
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def _dumps(data: Any) -> str:
