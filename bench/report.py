@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budget_burst
+from bench.global_admission import render as render_global_admission
 from bench.processes import REPO
 
 
@@ -160,6 +161,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     burst = results.get("budget_burst")
     if burst:
         lines += ["## Budget burst", "", budget_burst.render(burst), ""]
+    if "global_admission" in results:
+        lines += render_global_admission(results["global_admission"])
     cost = results.get("cost")
     if cost:
         lines += [

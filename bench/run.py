@@ -30,6 +30,7 @@ from typing import Any
 
 from bench import budget_burst
 from bench.cold_start import artifact_size, cold_start
+from bench.global_admission import global_admission
 from bench.lambda_cpu import lambda_shaped
 from bench.operating_cost import log_bytes_per_request, operating_cost, template_memory_mb
 from bench.overhead import Target, dynamodb_round_trip_ms, overhead, run_cell
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["operating_cost"] = tollgate_cost(results, log_dir)
             results["budget_burst"] = budget_burst_scenario(servers, offline, moto.url)
+            results["global_admission"] = global_admission(moto.url)
             if not args.skip_cold:
                 results["cold_start"] = cold_start(
                     offline,
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
         simulated = simulate()
         results["cost"] = {**simulated, "rendered": render(simulated)}
-    results["targets"] = check_targets(results)
+    results["targets"] = check_targets(results) + results.get("cost", {}).get("targets", [])
     results["duration_s"] = time.monotonic() - started
     write_outputs(results, args.out)
     return 0

@@ -113,6 +113,8 @@ class Ledger:
         )
         refused = [line for line, result in zip(hold.lines, results, strict=True) if result is None]
         failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None and refused and all(line.account.scope == "global" for line in refused):
+            refused = await self._other_shards(hold, refused)
         if failure is None and not refused:
             return hold
         await self.give_back(hold)

@@ -129,3 +129,25 @@ def test_no_scope_passes_its_limit_and_totals_equal_settled_charges(
         assert {a: t for a, t in totals.items() if t} == {a: t for a, t in settled.items() if t}
 
     asyncio.run(scenario())
+
+
+def test_a_full_shard_sends_the_request_on_to_the_windows_other_shards() -> None:
+    # Given a global day limit of exactly 24 holds of 100 tokens over 6 shards (4 each)
+    async def fill() -> tuple[int, Ledger]:
+        ledger = ledger_over(MemoryUsageStore())
+        admitted = 0
+        while True:
+            try:
+                await ledger.admit(
+                    Payer(f"user-{admitted % 2}x{admitted}"), f"r{admitted}", Amount(100, 0), NOW
+                )
+            except BudgetExceeded as refusal:
+                refused_by = (refusal.scope, refusal.window)
+                break
+            admitted += 1
+        assert refused_by == ("global", "day")
+        return admitted, ledger
+
+    admitted, _ = asyncio.run(fill())
+    # Then every shard fills before the first refusal: no room is lost to sharding
+    assert admitted == GLOBAL_LIMIT // 100

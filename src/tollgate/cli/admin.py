@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _deserializer = TypeDeserializer()
-_COUNTER_NAMES = [f.name for f in fields(BudgetCounters) if f.name != "period"]
+_COUNTER_NAMES = [f.name for f in fields(BudgetCounters) if f.name not in {"period", "retried"}]
 DEFAULT_TOP = 10
 
 
