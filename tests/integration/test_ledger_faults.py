@@ -73,3 +73,34 @@ def test_a_refusal_after_a_paused_dynamodb_gives_its_hold_back(
             break
         time.sleep(0.5)
     assert used == 0
+
+
+TAMIL = "தமிழ் ஒரு செம்மொழி ஆகும். " * 20  # 182 tokens in o200k_base, 681 in cl100k_base
+
+
+def test_a_fallback_to_a_less_efficient_tokenizer_is_held_for_in_advance(
+    gateway_factory, offline_model
+) -> None:
+    # Given a chain whose fallback (cl100k_base) counts this text almost four times as long,
+    # and a first model that fails
+    offline_model.add_fault(model="gpt-4o-mini", kind="status", status=500)
+    chain = {"model_chain": "gpt-4o-mini,gpt-3.5-turbo", "max_output_tokens": 20}
+    with gateway_factory(daily_token_limit=600, **chain) as gateway:
+        # When the limit covers the message in the first model's encoding only
+        refused = gateway.chat(TAMIL, user_id="tight")
+        tight = gateway.usage("tight")
+    with gateway_factory(daily_token_limit=1_000, **chain) as gateway:
+        # And when it covers the fallback's count too
+        admitted = gateway.chat(TAMIL, user_id="roomy")
+        roomy = gateway.usage("roomy")
+        [record] = gateway.wait_for_records(1)
+
+    # Then the first is refused up front (nothing charged, upstream never called)...
+    assert refused.status_code == 429
+    assert tight["tokens_used"] == 0
+    # ...and the second falls back and is charged within its limit
+    assert admitted.status_code == 200, admitted.text
+    assert record["model"] == "gpt-3.5-turbo"
+    used = usage_event(admitted)
+    assert used["input_tokens"] > 681
+    assert roomy["tokens_used"] == used["input_tokens"] + used["output_tokens"] <= 1_000
