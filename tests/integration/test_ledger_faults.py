@@ -104,3 +104,62 @@ def test_a_fallback_to_a_less_efficient_tokenizer_is_held_for_in_advance(
     used = usage_event(admitted)
     assert used["input_tokens"] > 681
     assert roomy["tokens_used"] == used["input_tokens"] + used["output_tokens"] <= 1_000
+
+
+def test_the_usage_event_says_when_the_budget_is_unknown(
+    gateway_via_proxy, fault_proxy, offline_model
+) -> None:
+    # Given a reply streaming when DynamoDB stops answering for longer than settling retries
+    offline_model.set_config(chunk_interval_s=0.05, reply_tokens=40)
+    with gateway_via_proxy.http.stream(
+        "POST", "/chat", json={"message": "Hello"}, headers=gateway_via_proxy.headers()
+    ) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith('data: {"delta"'))
+        fault_proxy.pause(10.0)
+        text = "\n".join(lines)
+    used = usage_event_from(text)
+    # Then the event does not pretend: no budget figures, and a reason
+    assert used["budget"] is None
+    assert "budget_unavailable" in used
+    assert used["input_tokens"] > 0
+
+
+def usage_event_from(text: str) -> dict[str, Any]:
+    import json
+
+    block = text.split("event: usage\n", 1)[1]
+    return json.loads(block.split("\n", 1)[0].removeprefix("data: "))
+
+
+def test_summary_calls_are_shown_in_the_usage_event_that_caused_them(
+    gateway_factory, offline_model
+) -> None:
+    # Given a conversation whose history target makes older turns fold into a summary
+    with gateway_factory(history_token_target=120, max_output_tokens=40) as gateway:
+        first = gateway.chat("Tell me about the sea")
+        conversation_id = usage_meta(first)["conversation_id"]
+        responses = [first] + [
+            gateway.chat(f"And then part {n}?", conversation_id=conversation_id) for n in range(6)
+        ]
+        usage = gateway.usage()
+        records = gateway.wait_for_records(7)
+
+    events = [usage_event(response) for response in responses]
+    summaries = [event["summary"] for event in events if "summary" in event]
+    summary_records = [r for r in records if r["kind"] == "summary"]
+    # Then every summary call the user paid for is in a usage event...
+    assert summary_records
+    assert len(summaries) == len(summary_records)
+    # ...and the events add up to what the budget holds
+    total = sum(e["input_tokens"] + e["output_tokens"] for e in events) + sum(
+        s["input_tokens"] + s["output_tokens"] for s in summaries
+    )
+    assert usage["tokens_used"] == total
+
+
+def usage_meta(response) -> dict[str, Any]:
+    import json
+
+    block = response.text.split("event: meta\n", 1)[1]
+    return json.loads(block.split("\n", 1)[0].removeprefix("data: "))
