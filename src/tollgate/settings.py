@@ -70,10 +70,8 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwks_url: str | None = None
 
-    cost_log_group: str | None = None
     # SNS topic that team and global budget alerts go to (the stack's alarm topic); unset: none.
     alert_topic_arn: str | None = None
-    port: int = 8080
 
     # Not in the public contract: tuning knobs with safe defaults.
     dynamodb_timeout_s: float = Field(default=2.0, gt=0)

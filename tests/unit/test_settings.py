@@ -45,14 +45,12 @@ def test_defaults_match_the_configuration_table() -> None:
     assert settings.cancel_poll_s == 1.0
     assert settings.cors_allow_origins == ()
     assert settings.auth_mode == "jwt"
-    assert settings.port == 8080
     assert settings.openai_api_key is None
     assert settings.openai_base_url is None
     assert settings.openai_api_key_secret_arn is None
     assert settings.jwt_issuer is None
     assert settings.jwt_audience is None
     assert settings.jwks_url is None
-    assert settings.cost_log_group is None
     assert settings.usage_table == "usage"
     assert settings.conversations_table == "conversations"
 
@@ -99,7 +97,6 @@ def test_numbers_are_parsed_from_the_environment(monkeypatch: pytest.MonkeyPatch
         "DAILY_TOKEN_LIMIT": "1000",
         "STREAM_TIMEOUT_S": "30.5",
         "CANCEL_POLL_S": "0.25",
-        "PORT": "9000",
     }.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
@@ -108,7 +105,6 @@ def test_numbers_are_parsed_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert settings.daily_token_limit == 1000
     assert settings.stream_timeout_s == 30.5
     assert settings.cancel_poll_s == 0.25
-    assert settings.port == 9000
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ PLATFORM_VARIABLES = {
     "AWS_LAMBDA_EXEC_WRAPPER",
     "AWS_LWA_INVOKE_MODE",
     "AWS_LWA_READINESS_CHECK_PATH",
+    "PORT",  # read by src/run.sh (uvicorn) and the Web Adapter
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
@@ -335,7 +336,12 @@ def test_chat_function_logs_to_its_declared_group(
     assert chat_function["Properties"]["LoggingConfig"] == {
         "LogGroup": {"Ref": "ChatFunctionLogGroup"}
     }
-    assert chat_environment["COST_LOG_GROUP"] == {"Ref": "ChatFunctionLogGroup"}
+    # The aggregator reads that group; the chat function itself never needs its name.
+    assert "COST_LOG_GROUP" not in chat_environment
+    aggregator = template["Resources"]["AggregatorFunction"]["Properties"]
+    assert aggregator["Environment"]["Variables"]["COST_LOG_GROUP"] == {
+        "Ref": "ChatFunctionLogGroup"
+    }
 
 
 @pytest.mark.parametrize("table", ["UsageTable", "ConversationsTable"])
