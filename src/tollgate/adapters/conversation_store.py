@@ -37,14 +37,27 @@ from tollgate.adapters.aws import (
     is_condition_failure,
     item_on_failure,
 )
+from tollgate.adapters.conversation_items import (
+    LAST_TURN_KEY,
+    META,
+    attr_n,
+    attr_s,
+    cancelled_by_condition,
+    conversation_key,
+    int_of,
+    meta_is_live,
+    meta_update,
+    new_meta_put,
+    str_of,
+    turn_expiry,
+    turn_from_item,
+    turn_key,
+)
 from tollgate.conversations import (
     epoch,
-    idle_expiry,
     is_conversation_id,
-    is_live,
     iso_utc,
     new_conversation,
-    summary_lease_until,
 )
 from tollgate.errors import ConversationLimit, DependencyUnavailable, NotFound, TurnConflict
 from tollgate.ports import ConversationState, ConversationView, Turn
@@ -61,10 +74,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-META = "META"
-TURN_PREFIX = "TURN#"
-LAST_TURN_KEY = f"{TURN_PREFIX}999999"
-
 # Turns outlive META by construction; this slack covers the turn in flight between
 # begin_turn (which refreshes turn expiry) and commit_turn (which extends META's).
 TURN_EXPIRY_SLACK = timedelta(days=1)
@@ -72,51 +81,6 @@ BATCH_WRITE_LIMIT = 25
 # Turns read with the lease in one round trip; the hysteresis keeps fewer unsummarised.
 RECENT_TURNS = 48
 UNPROCESSED_RETRIES = 8
-
-
-def _s(value: str) -> AttributeValueTypeDef:
-    return {"S": value}
-
-
-def _n(value: float) -> AttributeValueTypeDef:
-    return {"N": str(value)}
-
-
-def _str(item: Item, name: str, default: str = "") -> str:
-    value = item.get(name)
-    return value["S"] if value is not None and "S" in value else default
-
-
-def _int(item: Item, name: str, default: int = 0) -> int:
-    value = item.get(name)
-    return int(float(value["N"])) if value is not None and "N" in value else default
-
-
-def _turn_key(turn: int) -> str:
-    return f"{TURN_PREFIX}{turn:06d}"
-
-
-def _turn_from_item(item: Item) -> Turn:
-    return Turn(
-        turn=_int(item, "turn"),
-        user=_str(item, "user"),
-        assistant=_str(item, "assistant"),
-        model=_str(item, "model"),
-        input_tokens=_int(item, "input_tokens"),
-        output_tokens=_int(item, "output_tokens"),
-        cost_micros=_int(item, "cost_micros"),
-        created_at=_str(item, "created_at"),
-        history_tokens=_int(item, "history_tokens"),
-    )
-
-
-def _is_live(meta: Item | None, user_id: str, now: datetime) -> bool:
-    return meta is not None and is_live(_str(meta, "owner"), _int(meta, "expires_at"), user_id, now)
-
-
-def _cancelled_by_condition(exc: ClientError) -> bool:
-    reasons = exc.response.get("CancellationReasons", [])
-    return any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons)
 
 
 class DynamoConversationStore:
@@ -135,9 +99,6 @@ class DynamoConversationStore:
 
     # ------------------------------------------------------------ plumbing
 
-    def _turn_expiry(self, now: datetime) -> int:
-        return epoch(now + 2 * self._ttl)
-
     async def _call(self, call: Callable[[], T]) -> T:
         """Run one blocking boto3 call in the executor; outages become DependencyUnavailable."""
         loop = asyncio.get_running_loop()
@@ -148,9 +109,6 @@ class DynamoConversationStore:
             if unavailable is not None:
                 raise unavailable from exc
             raise
-
-    def _key(self, conversation_id: str, sk: str) -> dict[str, AttributeValueTypeDef]:
-        return {"pk": _s(f"CONV#{conversation_id}"), "sk": _s(sk)}
 
     async def _complete_turns(
         self,
@@ -163,7 +121,7 @@ class DynamoConversationStore:
         by_turn = {
             turn: item
             for item in newest
-            if summary_through_turn < (turn := _int(item, "turn")) <= turn_count
+            if summary_through_turn < (turn := int_of(item, "turn")) <= turn_count
         }
         # Older unsummarised turns than one page holds (many tiny turns), or a turn
         # committed between the query and the lease: read what is missing.
@@ -172,7 +130,7 @@ class DynamoConversationStore:
             for item in await self._query_turns(
                 conversation_id, after_turn=missing[0] - 1, through_turn=missing[-1]
             ):
-                by_turn.setdefault(_int(item, "turn"), item)
+                by_turn.setdefault(int_of(item, "turn"), item)
         return [by_turn[turn] for turn in sorted(by_turn)]
 
     async def _query_turns(
@@ -186,14 +144,14 @@ class DynamoConversationStore:
     ) -> list[dict[str, AttributeValueTypeDef]]:
         """Turn items in order, or only the `newest_first` most recent ones, newest first."""
         items: list[dict[str, AttributeValueTypeDef]] = []
-        last = LAST_TURN_KEY if through_turn is None else _turn_key(through_turn)
+        last = LAST_TURN_KEY if through_turn is None else turn_key(through_turn)
         request: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
             "ExpressionAttributeValues": {
-                ":pk": _s(f"CONV#{conversation_id}"),
-                ":first": _s(_turn_key(after_turn + 1)),
-                ":last": _s(last),
+                ":pk": attr_s(f"CONV#{conversation_id}"),
+                ":first": attr_s(turn_key(after_turn + 1)),
+                ":last": attr_s(last),
             },
             "ConsistentRead": True,  # the turn committed just before must be in the next prompt
         }
@@ -218,11 +176,13 @@ class DynamoConversationStore:
             raise NotFound("conversation not found")
         response = await self._call(
             lambda: self._client.get_item(
-                TableName=self._table, Key=self._key(conversation_id, META), ConsistentRead=True
+                TableName=self._table,
+                Key=conversation_key(conversation_id, META),
+                ConsistentRead=True,
             )
         )
         meta = response.get("Item")
-        if meta is None or not _is_live(meta, user_id, now):
+        if meta is None or not meta_is_live(meta, user_id, now):
             raise NotFound("conversation not found")
         return meta
 
@@ -252,31 +212,31 @@ class DynamoConversationStore:
         if isinstance(leased, BaseException):
             raise leased
         meta = leased
-        summary_through_turn = _int(meta, "summary_through_turn")
+        summary_through_turn = int_of(meta, "summary_through_turn")
         try:
             if isinstance(newest, BaseException):
                 raise newest
             await self._keep_turns_alive(conversation_id, request_id, meta, now)
             turn_items = await self._complete_turns(
-                conversation_id, newest, summary_through_turn, _int(meta, "turn_count")
+                conversation_id, newest, summary_through_turn, int_of(meta, "turn_count")
             )
         except BaseException:
             # without this, a failed load would block the conversation until the lease ends
             with contextlib.suppress(Exception):
                 await self._release(conversation_id, request_id)
             raise
-        summary = _str(meta, "summary") or None
+        summary = str_of(meta, "summary") or None
         return ConversationState(
             conversation_id=conversation_id,
             owner=user_id,
             is_new=False,
-            created_at=_str(meta, "created_at"),
-            total_tokens=_int(meta, "total_tokens"),
-            turn_count=_int(meta, "turn_count"),
+            created_at=str_of(meta, "created_at"),
+            total_tokens=int_of(meta, "total_tokens"),
+            turn_count=int_of(meta, "turn_count"),
             summary=summary,
             summary_through_turn=summary_through_turn,
-            summary_tokens=_int(meta, "summary_tokens") if summary else 0,
-            turns=[_turn_from_item(item) for item in turn_items],
+            summary_tokens=int_of(meta, "summary_tokens") if summary else 0,
+            turns=[turn_from_item(item) for item in turn_items],
         )
 
     async def _take_lease(
@@ -292,7 +252,7 @@ class DynamoConversationStore:
             response = await self._call(
                 lambda: self._client.update_item(
                     TableName=self._table,
-                    Key=self._key(conversation_id, META),
+                    Key=conversation_key(conversation_id, META),
                     UpdateExpression="SET lease_request = :rid, lease_until = :until",
                     ConditionExpression=(
                         "#owner = :user AND expires_at > :now AND total_tokens < :limit"
@@ -302,11 +262,11 @@ class DynamoConversationStore:
                     ),
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={
-                        ":rid": _s(request_id),
-                        ":until": _n(lease_until.timestamp()),
-                        ":user": _s(user_id),
-                        ":now": _n(now.timestamp()),
-                        ":limit": _n(token_limit),
+                        ":rid": attr_s(request_id),
+                        ":until": attr_n(lease_until.timestamp()),
+                        ":user": attr_s(user_id),
+                        ":now": attr_n(now.timestamp()),
+                        ":limit": attr_n(token_limit),
                     },
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -316,9 +276,9 @@ class DynamoConversationStore:
             if not is_condition_failure(exc):
                 raise
             old = item_on_failure(exc)
-            if old is None or not _is_live(old, user_id, now):
+            if old is None or not meta_is_live(old, user_id, now):
                 raise NotFound("conversation not found") from exc
-            if _int(old, "total_tokens") >= token_limit:
+            if int_of(old, "total_tokens") >= token_limit:
                 raise ConversationLimit(
                     "this conversation has reached its size limit; start a new one"
                 ) from exc
@@ -329,12 +289,12 @@ class DynamoConversationStore:
         self, conversation_id: str, request_id: str, meta: Item, now: datetime
     ) -> None:
         """Push the turns' expiry out when META, refreshed by this turn, could outlive them."""
-        turns_expire_at = _int(meta, "turns_expire_at")
-        if _int(meta, "turn_count") == 0 or turns_expire_at >= epoch(
+        turns_expire_at = int_of(meta, "turns_expire_at")
+        if int_of(meta, "turn_count") == 0 or turns_expire_at >= epoch(
             now + self._ttl + TURN_EXPIRY_SLACK
         ):
             return
-        new_expiry = self._turn_expiry(now)
+        new_expiry = turn_expiry(now, self._ttl)
         keys = await self._query_turns(conversation_id, keys_only=True)
 
         async def refresh(key: dict[str, AttributeValueTypeDef]) -> None:
@@ -346,7 +306,7 @@ class DynamoConversationStore:
                         UpdateExpression="SET expires_at = :expires",
                         # never recreate a turn that a concurrent DELETE removed
                         ConditionExpression="attribute_exists(pk)",
-                        ExpressionAttributeValues={":expires": _n(new_expiry)},
+                        ExpressionAttributeValues={":expires": attr_n(new_expiry)},
                     )
                 )
             except ClientError as exc:
@@ -358,12 +318,12 @@ class DynamoConversationStore:
             await self._call(
                 lambda: self._client.update_item(
                     TableName=self._table,
-                    Key=self._key(conversation_id, META),
+                    Key=conversation_key(conversation_id, META),
                     UpdateExpression="SET turns_expire_at = :expires",
                     ConditionExpression="lease_request = :rid",
                     ExpressionAttributeValues={
-                        ":expires": _n(new_expiry),
-                        ":rid": _s(request_id),
+                        ":expires": attr_n(new_expiry),
+                        ":rid": attr_s(request_id),
                     },
                 )
             )
@@ -381,10 +341,10 @@ class DynamoConversationStore:
             await self._call(
                 lambda: self._client.update_item(
                     TableName=self._table,
-                    Key=self._key(conversation_id, META),
+                    Key=conversation_key(conversation_id, META),
                     UpdateExpression="REMOVE lease_request, lease_until",
                     ConditionExpression="lease_request = :rid",
-                    ExpressionAttributeValues={":rid": _s(request_id)},
+                    ExpressionAttributeValues={":rid": attr_s(request_id)},
                 )
             )
         except ClientError as exc:
@@ -405,26 +365,28 @@ class DynamoConversationStore:
             "Put": {
                 "TableName": self._table,
                 "Item": {
-                    **self._key(state.conversation_id, _turn_key(turn.turn)),
-                    "turn": _n(turn.turn),
-                    "user": _s(turn.user),
-                    "assistant": _s(turn.assistant),
-                    "model": _s(turn.model),
-                    "input_tokens": _n(turn.input_tokens),
-                    "output_tokens": _n(turn.output_tokens),
-                    "cost_micros": _n(turn.cost_micros),
-                    "created_at": _s(turn.created_at),
-                    "history_tokens": _n(turn.history_tokens),
-                    "request_id": _s(request_id),
-                    "expires_at": _n(self._turn_expiry(now)),
+                    **conversation_key(state.conversation_id, turn_key(turn.turn)),
+                    "turn": attr_n(turn.turn),
+                    "user": attr_s(turn.user),
+                    "assistant": attr_s(turn.assistant),
+                    "model": attr_s(turn.model),
+                    "input_tokens": attr_n(turn.input_tokens),
+                    "output_tokens": attr_n(turn.output_tokens),
+                    "cost_micros": attr_n(turn.cost_micros),
+                    "created_at": attr_s(turn.created_at),
+                    "history_tokens": attr_n(turn.history_tokens),
+                    "request_id": attr_s(request_id),
+                    "expires_at": attr_n(turn_expiry(now, self._ttl)),
                 },
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
         meta_write = (
-            self._new_meta(state, request_id, turn, tokens, now, release_lease)
+            new_meta_put(
+                self._table, self._ttl, state, request_id, turn, tokens, now, release_lease
+            )
             if state.is_new
-            else self._meta_update(state, request_id, tokens, now, release_lease)
+            else meta_update(self._table, self._ttl, state, request_id, tokens, now, release_lease)
         )
         try:
             await self._call(
@@ -433,7 +395,7 @@ class DynamoConversationStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
-            if not _cancelled_by_condition(exc):
+            if not cancelled_by_condition(exc):
                 # a TransactionConflict with a concurrent write, or throttling: retry shortly
                 raise DependencyUnavailable("the database is busy", retry_after=1) from exc
             # botocore resends a transaction whose answer was lost. DynamoDB answers the resend
@@ -447,76 +409,13 @@ class DynamoConversationStore:
         response = await self._call(
             lambda: self._client.get_item(
                 TableName=self._table,
-                Key=self._key(conversation_id, _turn_key(turn)),
+                Key=conversation_key(conversation_id, turn_key(turn)),
                 ConsistentRead=True,
                 ProjectionExpression="request_id",
             )
         )
         item = response.get("Item")
-        return item is not None and _str(item, "request_id") == request_id
-
-    def _new_meta(
-        self,
-        state: ConversationState,
-        request_id: str,
-        turn: Turn,
-        tokens: int,
-        now: datetime,
-        release_lease: bool,
-    ) -> TransactWriteItemTypeDef:
-        item: dict[str, AttributeValueTypeDef] = {
-            **self._key(state.conversation_id, META),
-            "owner": _s(state.owner),
-            "created_at": _s(state.created_at),
-            "total_tokens": _n(tokens),
-            "turn_count": _n(turn.turn),
-            "summary_through_turn": _n(0),
-            "summary_tokens": _n(0),
-            "last_active": _s(iso_utc(now)),
-            "expires_at": _n(idle_expiry(now, self._ttl)),
-            "turns_expire_at": _n(self._turn_expiry(now)),
-        }
-        if not release_lease:
-            item["lease_request"] = _s(request_id)
-            item["lease_until"] = _n(summary_lease_until(now))
-        return {
-            "Put": {
-                "TableName": self._table,
-                "Item": item,
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        }
-
-    def _meta_update(
-        self,
-        state: ConversationState,
-        request_id: str,
-        tokens: int,
-        now: datetime,
-        release_lease: bool,
-    ) -> TransactWriteItemTypeDef:
-        update = (
-            "ADD total_tokens :tokens, turn_count :one"
-            " SET last_active = :now, expires_at = :expires"
-        )
-        if release_lease:
-            update += " REMOVE lease_request, lease_until"
-        return {
-            "Update": {
-                "TableName": self._table,
-                "Key": self._key(state.conversation_id, META),
-                "UpdateExpression": update,
-                # lease_request vanishes with a DELETE, so a deleted conversation stays deleted
-                "ConditionExpression": "lease_request = :rid AND turns_expire_at >= :expires",
-                "ExpressionAttributeValues": {
-                    ":tokens": _n(tokens),
-                    ":one": _n(1),
-                    ":now": _s(iso_utc(now)),
-                    ":rid": _s(request_id),
-                    ":expires": _n(idle_expiry(now, self._ttl)),
-                },
-            }
-        }
+        return item is not None and str_of(item, "request_id") == request_id
 
     async def save_summary(
         self,
@@ -533,7 +432,7 @@ class DynamoConversationStore:
             await self._call(
                 lambda: self._client.update_item(
                     TableName=self._table,
-                    Key=self._key(state.conversation_id, META),
+                    Key=conversation_key(state.conversation_id, META),
                     UpdateExpression=(
                         "SET summary = :summary, summary_through_turn = :through,"
                         " summary_tokens = :summary_tokens, last_active = :now"
@@ -541,12 +440,12 @@ class DynamoConversationStore:
                     ),
                     ConditionExpression="lease_request = :rid",
                     ExpressionAttributeValues={
-                        ":summary": _s(summary),
-                        ":through": _n(through_turn),
-                        ":summary_tokens": _n(summary_tokens),
-                        ":charged": _n(charged_tokens),
-                        ":now": _s(iso_utc(now)),
-                        ":rid": _s(request_id),
+                        ":summary": attr_s(summary),
+                        ":through": attr_n(through_turn),
+                        ":summary_tokens": attr_n(summary_tokens),
+                        ":charged": attr_n(charged_tokens),
+                        ":now": attr_s(iso_utc(now)),
+                        ":rid": attr_s(request_id),
                     },
                 )
             )
@@ -561,14 +460,14 @@ class DynamoConversationStore:
     async def get(self, conversation_id: str, user_id: str, now: datetime) -> ConversationView:
         meta = await self._live_meta(conversation_id, user_id, now)
         turn_items = await self._query_turns(conversation_id)
-        summary = _str(meta, "summary") or None
+        summary = str_of(meta, "summary") or None
         return ConversationView(
             conversation_id=conversation_id,
-            created_at=_str(meta, "created_at"),
-            total_tokens=_int(meta, "total_tokens"),
+            created_at=str_of(meta, "created_at"),
+            total_tokens=int_of(meta, "total_tokens"),
             summary=summary,
-            summary_through_turn=_int(meta, "summary_through_turn"),
-            turns=[_turn_from_item(item) for item in turn_items],
+            summary_through_turn=int_of(meta, "summary_through_turn"),
+            turns=[turn_from_item(item) for item in turn_items],
         )
 
     async def delete(self, conversation_id: str, user_id: str) -> None:
@@ -580,12 +479,12 @@ class DynamoConversationStore:
             await self._call(
                 lambda: self._client.delete_item(
                     TableName=self._table,
-                    Key=self._key(conversation_id, META),
+                    Key=conversation_key(conversation_id, META),
                     ConditionExpression="#owner = :user AND expires_at > :now",
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={
-                        ":user": _s(user_id),
-                        ":now": _n(now.timestamp()),
+                        ":user": attr_s(user_id),
+                        ":now": attr_n(now.timestamp()),
                     },
                 )
             )
