@@ -112,7 +112,7 @@ class SSEResponse:
         )
         self._last_sent = time.monotonic()
         loop = asyncio.get_running_loop()
-        watcher = loop.create_task(self._watch_disconnect(receive))
+        watcher = loop.create_task(stop_on_disconnect(stream, receive))
         keeper = loop.create_task(self._keep_alive(send))
         frames = self._frames
         try:
@@ -128,12 +128,42 @@ class SSEResponse:
             await asyncio.shield(stream.aclose())
             await frames.aclose()
 
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._stream.stop("client_disconnected")
-                return
+
+async def stop_on_disconnect(stream: ChatStream, receive: Receive) -> None:
+    """Stop `stream` (aborting upstream) when the client goes away before it ends."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.stop("client_disconnected")
+
+
+class CompletionResponse:
+    """A non-stream /v1 reply: collected from upstream's stream, sent whole at the end.
+
+    A client that leaves meanwhile stops the stream, so upstream stops generating (an SDK
+    that times out and retries would otherwise pay for every abandoned generation).
+    """
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self._stream
+        watcher = asyncio.get_running_loop().create_task(stop_on_disconnect(stream, receive))
+        try:
+            outcome = await collect(stream)
+        finally:
+            watcher.cancel()
+            await asyncio.shield(stream.aclose())
+        headers = {"x-request-id": stream.request_id}
+        failure = outcome.failure()
+        if failure is None:
+            response = JSONResponse(completion_body(stream, outcome), headers=headers)
+        else:
+            code, message = failure
+            response = JSONResponse(
+                failure_body(code, message), status_code=failure_status(code), headers=headers
+            )
+        await response(scope, receive, send)
 
 
 async def read_body(request: Request) -> bytes:
@@ -211,7 +241,7 @@ def openai_error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(openai_error_body(error), status_code=error.status, headers=error.headers())
 
 
-async def post_completions(request: Request) -> Response | SSEResponse:
+async def post_completions(request: Request) -> Response | SSEResponse | CompletionResponse:
     """OpenAI-compatible: any OpenAI SDK can point its base_url here; errors in its shape."""
     try:
         dependencies = deps(request)
@@ -232,18 +262,7 @@ async def post_completions(request: Request) -> Response | SSEResponse:
             CompletionEncoder(stream, completion.include_usage).frames(),
             keepalive_s=dependencies.sse_keepalive_s,
         )
-    try:
-        outcome = await collect(stream)
-    finally:
-        await asyncio.shield(stream.aclose())
-    failure = outcome.failure()
-    headers = {"x-request-id": stream.request_id}
-    if failure is not None:
-        code, message = failure
-        return JSONResponse(
-            failure_body(code, message), status_code=failure_status(code), headers=headers
-        )
-    return JSONResponse(completion_body(stream, outcome), headers=headers)
+    return CompletionResponse(stream)
 
 
 async def list_models(request: Request) -> Response:
