@@ -19,10 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.auth import Authenticator, JwtConfig
 from tollgate.budget import DEFAULT_PLAN, Payer
@@ -34,9 +34,10 @@ from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
 from tollgate.stream import ChatStream
 from tollgate.wire import sse
-from tollgate.wire.body import MAX_BODY_BYTES, body_too_large
+from tollgate.wire.body import MAX_BODY_BYTES, BodyTimeout, body_too_large
 from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
 from tollgate.wire.openai import (
+    ERROR_TYPES,
     CompletionEncoder,
     collect,
     completion_body,
@@ -56,6 +57,7 @@ class Dependencies:
     service: ChatService
     authenticator: Authenticator
     sse_keepalive_s: float = 15.0
+    body_read_timeout_s: float = 10.0
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -171,10 +173,15 @@ async def read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise body_too_large()
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise body_too_large()
+    timeout_s = deps(request).body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise body_too_large()
+    except TimeoutError as exc:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
     return bytes(body)
 
 
@@ -294,26 +301,68 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def error_json(path: str, status: int, code: str, message: str) -> dict[str, Any]:
+    """An error body in the shape of the endpoint's API: OpenAI's on /v1, ours elsewhere."""
+    if is_openai_path(path):
+        error_type = ERROR_TYPES.get(status, "api_error")
+        return {"error": {"message": message, "type": error_type, "code": code, "param": None}}
+    return {"error": {"code": code, "message": message}}
+
+
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    if is_openai_path(request.url.path):
+        return openai_error_response(exc)
     return error_response(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
     return JSONResponse(
-        {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}},
+        error_json(request.url.path, exc.status_code, code, str(exc.detail)),
         status_code=exc.status_code,
         headers=exc.headers,
     )
 
 
-async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(
-        {"error": {"code": "internal", "message": "internal error"}}, status_code=500
-    )
+class UnexpectedErrors:
+    """The last line: an exception nothing else handled becomes a 500 in the endpoint's shape.
+
+    Starlette's own last-resort handler re-raises after answering, and uvicorn then drops the
+    keep-alive connection; here the connection stays usable. A client that left while its
+    body was being read is not an error: there is nobody to answer, and nothing was charged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except ClientDisconnect:
+            log.info("client disconnected before its request body arrived")
+        except Exception:
+            if started:
+                raise  # half a response is out: only closing the connection can say it failed
+            log.exception("unhandled error")
+            body = error_json(scope["path"], 500, "internal", "internal error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 @dataclass(slots=True)
@@ -451,7 +500,10 @@ def build_dependencies(
         ),
     )
     return Dependencies(
-        service=service, authenticator=authenticator, sse_keepalive_s=settings.sse_keepalive_s
+        service=service,
+        authenticator=authenticator,
+        sse_keepalive_s=settings.sse_keepalive_s,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
 
 
@@ -480,6 +532,7 @@ def create_app(
                 max_age=600,
             )
         )
+    middleware.append(Middleware(UnexpectedErrors))
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -499,6 +552,5 @@ def create_app(
         exception_handlers={
             GatewayError: gateway_error,
             HTTPException: http_error,
-            Exception: internal_error,
         },
     )

@@ -134,7 +134,9 @@ class Authenticator:
 def _valid_user_id(value: object, what: str = "user id") -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
         raise Unauthenticated(f"no valid {what}")
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    # Control characters, and lone surrogates ("\ud800" in a token's JSON), which no text
+    # encoding can hold: the id becomes keys, hashes and log fields.
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
         raise Unauthenticated(f"no valid {what}")
     return value
 

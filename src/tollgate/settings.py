@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
     cancel_poll_s: float = Field(default=1.0, gt=0)
+    # A request body must arrive within this (slow-body protection when run as a plain server)
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
     cors_allow_origins: CommaList = ()
 
     auth_mode: Literal["jwt", "iam"] = "jwt"
