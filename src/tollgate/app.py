@@ -497,6 +497,7 @@ def build_dependencies(
             audience=settings.jwt_audience,
             plan_claim=settings.plan_claim,
             team_claim=settings.team_claim,
+            max_lifetime_s=settings.jwt_max_lifetime_s,
         ),
     )
     return Dependencies(

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tollgate.auth import DEFAULT_MAX_LIFETIME_S
 from tollgate.budget import DEFAULT_PLAN, Budgets, WindowLimits
 from tollgate.ports import Limits
 
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwks_url: str | None = None
+    jwt_max_lifetime_s: int = Field(default=DEFAULT_MAX_LIFETIME_S, ge=60)
 
     # SNS topic that team and global budget alerts go to (the stack's alarm topic); unset: none.
     alert_topic_arn: str | None = None

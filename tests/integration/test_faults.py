@@ -208,3 +208,26 @@ def test_a_client_leaving_mid_body_is_not_an_error(gateway, offline_model, caplo
     assert [r for r in uvicorn_errors if r.levelno >= logging.ERROR] == []
     assert offline_model.requests() == []
     assert gateway.usage()["tokens_used"] == 0
+
+
+@pytest.mark.parametrize(
+    "expires",
+    [str(int(time.time()) + 3600), 10**30, 1e300, int(time.time()) + 25 * 3600],
+    ids=["string", "10^30", "1e300", "25-hours"],
+)
+def test_a_token_with_a_non_numeric_or_far_exp_is_refused(gateway, offline_model, expires) -> None:
+    token = jwt.encode({"sub": "alice", "exp": expires}, JWT_SECRET, "HS256")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    response = gateway.http.post("/chat", json={"message": "Hi"}, headers=headers)
+
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthenticated")
+    assert offline_model.requests() == []
+
+
+def test_jwt_max_lifetime_s_allows_longer_tokens(gateway_factory, offline_model) -> None:
+    with gateway_factory(jwt_max_lifetime_s=7 * 24 * 3600) as gateway:
+        expires = int(time.time()) + 6 * 24 * 3600
+        token = jwt.encode({"sub": "alice", "exp": expires}, JWT_SECRET, "HS256")
+        response = gateway.http.get("/usage", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
