@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tollgate.auth import Authenticator, JwtConfig
+from tollgate.auth import Authenticator, JwtConfig, safety_identifier
 from tollgate.budget import DEFAULT_PLAN, Payer
 from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
@@ -39,6 +39,7 @@ from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_reques
 from tollgate.wire.openai import (
     ERROR_TYPES,
     CompletionEncoder,
+    billing_parameters,
     collect,
     completion_body,
     failure_body,
@@ -58,6 +59,11 @@ class Dependencies:
     authenticator: Authenticator
     sse_keepalive_s: float = 15.0
     body_read_timeout_s: float = 10.0
+    # Keys the safety_identifier sent upstream; None sends none (no key configured)
+    safety_key: bytes | None = None
+
+    def safety_identifier(self, user_id: str) -> str | None:
+        return None if self.safety_key is None else safety_identifier(self.safety_key, user_id)
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -259,7 +265,9 @@ async def post_completions(request: Request) -> Response | SSEResponse | Complet
             completion.messages,
             model=completion.model,
             max_tokens=completion.max_tokens,
-            extra=completion.extra,
+            extra=billing_parameters(
+                completion.extra, dependencies.safety_identifier(payer.user_id)
+            ),
         )
     except GatewayError as error:
         return openai_error_response(error)
@@ -500,11 +508,13 @@ def build_dependencies(
             max_lifetime_s=settings.jwt_max_lifetime_s,
         ),
     )
+    safety_key = settings.safety_id_key or jwt_secret
     return Dependencies(
         service=service,
         authenticator=authenticator,
         sse_keepalive_s=settings.sse_keepalive_s,
         body_read_timeout_s=settings.body_read_timeout_s,
+        safety_key=safety_key.encode() if safety_key else None,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 import unicodedata
@@ -147,6 +149,11 @@ class Authenticator:
             _optional_name(headers.get(END_USER_PLAN_HEADER)),
             _optional_name(headers.get(END_USER_TEAM_HEADER)),
         )
+
+
+def safety_identifier(key: bytes, user_id: str) -> str:
+    """A stable id for the user that OpenAI can group abuse by, and no one can reverse."""
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
 
 
 def _valid_user_id(value: object, what: str = "user id") -> str:

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwks_url: str | None = None
+    # Keys the safety_identifier sent upstream on /v1; falls back to the JWT secret.
+    safety_id_key: str | None = None
     jwt_max_lifetime_s: int = Field(default=DEFAULT_MAX_LIFETIME_S, ge=60)
 
     # SNS topic that team and global budget alerts go to (the stack's alarm topic); unset: none.

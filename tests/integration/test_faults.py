@@ -4,6 +4,8 @@ budget exact, nothing charged that was not produced, and the error in the endpoi
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -231,3 +233,59 @@ def test_jwt_max_lifetime_s_allows_longer_tokens(gateway_factory, offline_model)
         token = jwt.encode({"sub": "alice", "exp": expires}, JWT_SECRET, "HS256")
         response = gateway.http.get("/usage", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
+
+
+def completion(**fields: object) -> dict:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], **fields}
+
+
+def test_billing_fields_are_the_gateways_not_the_clients(gateway_factory, offline_model) -> None:
+    key = "safety-key-for-this-test"
+    with gateway_factory(safety_id_key=key) as gateway:
+        for user in ("alice", "bob", "alice"):
+            response = gateway.http.post(
+                "/v1/chat/completions",
+                json=completion(
+                    store=True,
+                    user="someone-else",
+                    safety_identifier="someone-else",
+                    service_tier="default",
+                    temperature=0.5,
+                ),
+                headers=gateway.headers(user),
+            )
+            assert response.status_code == 200, response.text
+
+    sent = [r["body"] for r in offline_model.ended_requests()]
+    alice = hmac.new(key.encode(), b"alice", hashlib.sha256).hexdigest()
+    bob = hmac.new(key.encode(), b"bob", hashlib.sha256).hexdigest()
+    assert [p.get("safety_identifier") for p in sent] == [alice, bob, alice]
+    assert len(alice) == 64
+    assert all(p["store"] is False for p in sent)
+    assert all("user" not in p for p in sent)
+    assert all(p["service_tier"] == "default" for p in sent)
+
+
+def test_the_safety_identifier_key_falls_back_to_the_jwt_secret(gateway, offline_model) -> None:
+    response = gateway.http.post(
+        "/v1/chat/completions", json=completion(), headers=gateway.headers()
+    )
+
+    assert response.status_code == 200, response.text
+    sent = offline_model.ended_requests()[0]["body"]
+    expected = hmac.new(JWT_SECRET.encode(), b"alice", hashlib.sha256).hexdigest()
+    assert (sent["store"], sent["safety_identifier"]) == (False, expected)
+    assert "user" not in sent
+
+
+@pytest.mark.parametrize("tier", ["priority", "flex", "scale", 7, ["default"]])
+def test_an_unpriced_service_tier_is_refused(gateway, offline_model, tier) -> None:
+    response = gateway.http.post(
+        "/v1/chat/completions", json=completion(service_tier=tier), headers=gateway.headers()
+    )
+
+    assert response.status_code == 400
+    assert_openai_error(response.json(), "invalid_request_error", "invalid_request")
+    assert response.json()["error"]["param"] == "service_tier"
+    assert offline_model.requests() == []
+    assert gateway.usage()["tokens_used"] == 0
