@@ -19,12 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tollgate.auth import Authenticator, JwtConfig
+from tollgate.auth import Authenticator, JwtConfig, safety_identifier
 from tollgate.budget import DEFAULT_PLAN, Payer
 from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
@@ -34,10 +34,12 @@ from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
 from tollgate.stream import ChatStream
 from tollgate.wire import sse
-from tollgate.wire.body import MAX_BODY_BYTES, body_too_large
+from tollgate.wire.body import MAX_BODY_BYTES, BodyTimeout, body_too_large
 from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
 from tollgate.wire.openai import (
+    ERROR_TYPES,
     CompletionEncoder,
+    billing_parameters,
     collect,
     completion_body,
     failure_body,
@@ -56,6 +58,12 @@ class Dependencies:
     service: ChatService
     authenticator: Authenticator
     sse_keepalive_s: float = 15.0
+    body_read_timeout_s: float = 10.0
+    # Keys the safety_identifier sent upstream; None sends none (no key configured)
+    safety_key: bytes | None = None
+
+    def safety_identifier(self, user_id: str) -> str | None:
+        return None if self.safety_key is None else safety_identifier(self.safety_key, user_id)
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -112,7 +120,7 @@ class SSEResponse:
         )
         self._last_sent = time.monotonic()
         loop = asyncio.get_running_loop()
-        watcher = loop.create_task(self._watch_disconnect(receive))
+        watcher = loop.create_task(stop_on_disconnect(stream, receive))
         keeper = loop.create_task(self._keep_alive(send))
         frames = self._frames
         try:
@@ -128,12 +136,42 @@ class SSEResponse:
             await asyncio.shield(stream.aclose())
             await frames.aclose()
 
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._stream.stop("client_disconnected")
-                return
+
+async def stop_on_disconnect(stream: ChatStream, receive: Receive) -> None:
+    """Stop `stream` (aborting upstream) when the client goes away before it ends."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.stop("client_disconnected")
+
+
+class CompletionResponse:
+    """A non-stream /v1 reply: collected from upstream's stream, sent whole at the end.
+
+    A client that leaves meanwhile stops the stream, so upstream stops generating (an SDK
+    that times out and retries would otherwise pay for every abandoned generation).
+    """
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self._stream
+        watcher = asyncio.get_running_loop().create_task(stop_on_disconnect(stream, receive))
+        try:
+            outcome = await collect(stream)
+        finally:
+            watcher.cancel()
+            await asyncio.shield(stream.aclose())
+        headers = {"x-request-id": stream.request_id}
+        failure = outcome.failure()
+        if failure is None:
+            response = JSONResponse(completion_body(stream, outcome), headers=headers)
+        else:
+            code, message = failure
+            response = JSONResponse(
+                failure_body(code, message), status_code=failure_status(code), headers=headers
+            )
+        await response(scope, receive, send)
 
 
 async def read_body(request: Request) -> bytes:
@@ -141,10 +179,15 @@ async def read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise body_too_large()
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise body_too_large()
+    timeout_s = deps(request).body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise body_too_large()
+    except TimeoutError as exc:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
     return bytes(body)
 
 
@@ -211,7 +254,7 @@ def openai_error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(openai_error_body(error), status_code=error.status, headers=error.headers())
 
 
-async def post_completions(request: Request) -> Response | SSEResponse:
+async def post_completions(request: Request) -> Response | SSEResponse | CompletionResponse:
     """OpenAI-compatible: any OpenAI SDK can point its base_url here; errors in its shape."""
     try:
         dependencies = deps(request)
@@ -222,7 +265,9 @@ async def post_completions(request: Request) -> Response | SSEResponse:
             completion.messages,
             model=completion.model,
             max_tokens=completion.max_tokens,
-            extra=completion.extra,
+            extra=billing_parameters(
+                completion.extra, dependencies.safety_identifier(payer.user_id)
+            ),
         )
     except GatewayError as error:
         return openai_error_response(error)
@@ -232,18 +277,7 @@ async def post_completions(request: Request) -> Response | SSEResponse:
             CompletionEncoder(stream, completion.include_usage).frames(),
             keepalive_s=dependencies.sse_keepalive_s,
         )
-    try:
-        outcome = await collect(stream)
-    finally:
-        await asyncio.shield(stream.aclose())
-    failure = outcome.failure()
-    headers = {"x-request-id": stream.request_id}
-    if failure is not None:
-        code, message = failure
-        return JSONResponse(
-            failure_body(code, message), status_code=failure_status(code), headers=headers
-        )
-    return JSONResponse(completion_body(stream, outcome), headers=headers)
+    return CompletionResponse(stream)
 
 
 async def list_models(request: Request) -> Response:
@@ -275,26 +309,68 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def error_json(path: str, status: int, code: str, message: str) -> dict[str, Any]:
+    """An error body in the shape of the endpoint's API: OpenAI's on /v1, ours elsewhere."""
+    if is_openai_path(path):
+        error_type = ERROR_TYPES.get(status, "api_error")
+        return {"error": {"message": message, "type": error_type, "code": code, "param": None}}
+    return {"error": {"code": code, "message": message}}
+
+
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    if is_openai_path(request.url.path):
+        return openai_error_response(exc)
     return error_response(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
     return JSONResponse(
-        {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}},
+        error_json(request.url.path, exc.status_code, code, str(exc.detail)),
         status_code=exc.status_code,
         headers=exc.headers,
     )
 
 
-async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(
-        {"error": {"code": "internal", "message": "internal error"}}, status_code=500
-    )
+class UnexpectedErrors:
+    """The last line: an exception nothing else handled becomes a 500 in the endpoint's shape.
+
+    Starlette's own last-resort handler re-raises after answering, and uvicorn then drops the
+    keep-alive connection; here the connection stays usable. A client that left while its
+    body was being read is not an error: there is nobody to answer, and nothing was charged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except ClientDisconnect:
+            log.info("client disconnected before its request body arrived")
+        except Exception:
+            if started:
+                raise  # half a response is out: only closing the connection can say it failed
+            log.exception("unhandled error")
+            body = error_json(scope["path"], 500, "internal", "internal error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 @dataclass(slots=True)
@@ -429,10 +505,16 @@ def build_dependencies(
             audience=settings.jwt_audience,
             plan_claim=settings.plan_claim,
             team_claim=settings.team_claim,
+            max_lifetime_s=settings.jwt_max_lifetime_s,
         ),
     )
+    safety_key = settings.safety_id_key or jwt_secret
     return Dependencies(
-        service=service, authenticator=authenticator, sse_keepalive_s=settings.sse_keepalive_s
+        service=service,
+        authenticator=authenticator,
+        sse_keepalive_s=settings.sse_keepalive_s,
+        body_read_timeout_s=settings.body_read_timeout_s,
+        safety_key=safety_key.encode() if safety_key else None,
     )
 
 
@@ -461,6 +543,7 @@ def create_app(
                 max_age=600,
             )
         )
+    middleware.append(Middleware(UnexpectedErrors))
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -480,6 +563,5 @@ def create_app(
         exception_handlers={
             GatewayError: gateway_error,
             HTTPException: http_error,
-            Exception: internal_error,
         },
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +15,11 @@ import jwt
 from tollgate.errors import Unauthenticated
 
 LEEWAY_S = 30
+# The algorithms a token's header may name; the key then fixes which one verifies it.
+ACCEPTED_ALGORITHMS = frozenset({"HS256", "RS256", "ES256"})
+# A token may not expire later than this from now (JWT_MAX_LIFETIME_S): a leaked token with
+# an `exp` years ahead would otherwise spend its user's budget for as long.
+DEFAULT_MAX_LIFETIME_S = 24 * 3600
 JWKS_CACHE_S = 600
 JWKS_TIMEOUT_S = 5
 END_USER_HEADER = "x-end-user-id"
@@ -30,6 +38,7 @@ class JwtConfig:
     audience: str | None = None
     plan_claim: str = "plan"
     team_claim: str = "team"
+    max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,10 @@ class Authenticator:
             raise Unauthenticated("missing bearer token")
         token = token.strip()
         try:
-            if self._jwks is not None and jwt.get_unverified_header(token).get("alg") != "HS256":
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            if not isinstance(algorithm, str) or algorithm not in ACCEPTED_ALGORITHMS:
+                raise Unauthenticated("token algorithm not accepted")
+            if self._jwks is not None and algorithm != "HS256":
                 from cryptography.hazmat.primitives.asymmetric import ec  # JWKS mode only
 
                 key: object = self._jwks.get_signing_key_from_jwt(token).key
@@ -109,11 +121,19 @@ class Authenticator:
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated("invalid or expired token") from exc
+        self._check_lifetime(claims["exp"])
         return Identity(
             _valid_user_id(claims.get("sub")),
             _optional_name(claims.get(self._jwt.plan_claim)),
             _optional_name(claims.get(self._jwt.team_claim)),
         )
+
+    def _check_lifetime(self, expires: object) -> None:
+        """PyJWT reads `exp` with int(), so "9999999999" passes it: a number, not too far ahead."""
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise Unauthenticated("the token's exp must be a number")
+        if expires > time.time() + self._jwt.max_lifetime_s + LEEWAY_S:
+            raise Unauthenticated("the token expires too far in the future")
 
     def _iam_user(self, headers: Mapping[str, str]) -> Identity:
         try:
@@ -131,10 +151,17 @@ class Authenticator:
         )
 
 
+def safety_identifier(key: bytes, user_id: str) -> str:
+    """A stable id for the user that OpenAI can group abuse by, and no one can reverse."""
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
+
+
 def _valid_user_id(value: object, what: str = "user id") -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
         raise Unauthenticated(f"no valid {what}")
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    # Control characters, and lone surrogates ("\ud800" in a token's JSON), which no text
+    # encoding can hold: the id becomes keys, hashes and log fields.
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
         raise Unauthenticated(f"no valid {what}")
     return value
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tollgate.auth import DEFAULT_MAX_LIFETIME_S
 from tollgate.budget import DEFAULT_PLAN, Budgets, WindowLimits
 from tollgate.ports import Limits
 
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
     cancel_poll_s: float = Field(default=1.0, gt=0)
+    # A request body must arrive within this (slow-body protection when run as a plain server)
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
     cors_allow_origins: CommaList = ()
 
     auth_mode: Literal["jwt", "iam"] = "jwt"
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwks_url: str | None = None
+    # Keys the safety_identifier sent upstream on /v1; falls back to the JWT secret.
+    safety_id_key: str | None = None
+    jwt_max_lifetime_s: int = Field(default=DEFAULT_MAX_LIFETIME_S, ge=60)
 
     # SNS topic that team and global budget alerts go to (the stack's alarm topic); unset: none.
     alert_topic_arn: str | None = None

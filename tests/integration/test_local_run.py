@@ -127,6 +127,14 @@ def test_local_run_serves_and_stops_every_child(
     assert httpx.get(f"{base_url}/health", timeout=10).status_code == 200
     usage = httpx.get(f"{base_url}/usage", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert usage.status_code == 200, usage.text
+    # A request head over the limit is refused: a 400, or a reset while it is still sending
+    # (httptools, with no header limit at all, would answer 200).
+    oversized = {"X-Padding": "x" * 256 * 1024}
+    try:
+        refused = httpx.get(f"{base_url}/health", headers=oversized, timeout=10).status_code
+    except httpx.TransportError:
+        refused = None
+    assert refused in (400, None)
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

@@ -11,4 +11,4 @@ def test_tables_created_from_template_match_it(dynamodb, table_names) -> None:
         described = dynamodb.describe_table(TableName=name)["Table"]
         assert described["KeySchema"] == definitions[logical_id]["KeySchema"]
         ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-        assert ttl["AttributeName"] == "expires_at"
+        assert ttl["AttributeName"] == definitions[logical_id]["TimeToLiveAttribute"]

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tollgate.auth import Authenticator, JwtConfig
+from tollgate.auth import ACCEPTED_ALGORITHMS, Authenticator, JwtConfig
 from tollgate.errors import Unauthenticated
 
 SECRET = "unit-test-secret-" + "s" * 48
@@ -262,6 +262,25 @@ def test_jwks_mode_refuses_alg_none(jwks_auth: Authenticator) -> None:
     header = b64url(json.dumps({"alg": "none"}).encode())
     payload = b64url(json.dumps(claims()).encode())
     assert_refused(jwks_auth, bearer(f"{header}.{payload}."))
+
+
+def test_the_accepted_algorithms_are_exactly_the_configured_three() -> None:
+    # PyJWT refuses `none` on its own; this pins the gateway's own list.
+    assert frozenset({"HS256", "RS256", "ES256"}) == ACCEPTED_ALGORITHMS
+
+
+@pytest.mark.parametrize("algorithm", ["none", "RS512", "PS256", "EdDSA", ["RS256"], None])
+def test_an_algorithm_outside_the_list_is_refused_before_any_key_is_fetched(
+    rsa_key: rsa.RSAPrivateKey, algorithm: object
+) -> None:
+    # Given a JWKS-mode gateway and a token whose header names an algorithm outside the list
+    client = FakeJwksClient(rsa_key.public_key())
+    auth = Authenticator("jwt", JwtConfig(jwks_url="https://idp/jwks"), jwks_client=client)  # type: ignore[arg-type]
+    header = b64url(json.dumps({"alg": algorithm, "kid": "k1"}).encode())
+    payload = b64url(json.dumps(claims()).encode())
+    # Then it is refused without looking up a key to verify it with
+    assert_refused(auth, bearer(f"{header}.{payload}.c2ln"))
+    assert client.calls == 0
 
 
 def test_jwks_mode_refuses_rs512(jwks_auth: Authenticator, rsa_key: rsa.RSAPrivateKey) -> None:

@@ -20,6 +20,9 @@ NOT_DEPLOYED_SETTINGS = {
     "price_table_path",
     "prompts_dir",
     "store_backend",  # "memory" is for benchmarks; a deployment always uses DynamoDB
+    "body_read_timeout_s",  # the function URL receives the whole body before invoking
+    "jwt_max_lifetime_s",  # its 24 h default fits Cognito's longest token lifetime
+    "safety_id_key",  # a secret: deployed, the JWT secret keys the safety identifier
 }
 # Read by the Lambda Web Adapter or Powertools, not by Settings.
 PLATFORM_VARIABLES = {

@@ -53,6 +53,16 @@ PLACEHOLDER_API_KEY = "local-dev-key"
 DEV_USER = "dev-user"
 DEV_TOKEN_LIFETIME = timedelta(hours=12)
 STARTUP_TIMEOUT_S = 60.0
+# Outside Lambda nothing bounds a request before uvicorn does. httptools has no limit on the
+# size or count of headers, so the local server speaks h11, whose buffer for an incomplete
+# request head (all its headers) is capped: past it the answer is 400. Slow bodies are the
+# app's BODY_READ_TIMEOUT_S; connections past --limit-concurrency get 503.
+SERVER_LIMITS = (
+    "--http", "h11",
+    "--h11-max-incomplete-event-size", str(16 * 1024),
+    "--limit-concurrency", "512",
+    "--timeout-keep-alive", "60",
+)  # fmt: skip
 SHUTDOWN_TIMEOUT_S = 10.0
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -307,8 +317,7 @@ class LocalRunner:
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--timeout-keep-alive",
-                "60",
+                *SERVER_LIMITS,
             ],
             pipe_stdout=True,
             # As under the Web Adapter: stdout is a block-buffered pipe, so every log line

@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tollgate.errors import BadRequest, TooLarge
+from tollgate.errors import BadRequest, GatewayError, TooLarge
 
 MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyTimeout(GatewayError):
+    """The request body did not arrive within BODY_READ_TIMEOUT_S: a slow or stalled client."""
+
+    status, code = 408, "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        # The rest of the body may still come: the connection cannot carry another request.
+        return {"Connection": "close"}
 
 
 def body_too_large() -> TooLarge:

@@ -29,16 +29,17 @@ PASS_THROUGH = frozenset(
         "seed",
         "response_format",
         "logit_bias",
-        "user",
         "reasoning_effort",
         "verbosity",
         "service_tier",
         "metadata",
-        "store",
         "prompt_cache_key",
-        "safety_identifier",
     }
 )
+# The tiers the price table prices: "flex", "priority" and "scale" bill at other rates.
+PRICED_SERVICE_TIERS = frozenset({"auto", "default"})
+# Set by the gateway whatever the client sends (see billing_parameters); `user` is dropped.
+GATEWAY_OWNED = frozenset({"store", "user", "safety_identifier"})
 # Parameters whose replies are not text deltas: refused rather than silently dropped.
 UNSUPPORTED = frozenset(
     {
@@ -60,6 +61,8 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -165,6 +168,13 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidParameter("model", "`model` must be a string")
+    service_tier = payload.get("service_tier")
+    if service_tier is not None and (
+        not isinstance(service_tier, str) or service_tier not in PRICED_SERVICE_TIERS
+    ):
+        raise InvalidParameter(
+            "service_tier", "only service_tier 'auto' or 'default' is supported by Tollgate"
+        )
     unsupported = sorted(UNSUPPORTED.intersection(payload))
     if unsupported:
         raise InvalidParameter(unsupported[0], f"`{unsupported[0]}` is not supported by Tollgate")
@@ -198,6 +208,20 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         max_tokens=min(caps) if caps else None,
         extra={key: value for key, value in payload.items() if key in PASS_THROUGH},
     )
+
+
+def billing_parameters(extra: dict[str, Any], safety_identifier: str | None) -> dict[str, Any]:
+    """What upstream receives beside the client's parameters: never kept, and attributed.
+
+    `store` is always false (prompts are never kept in the operator's OpenAI account);
+    `safety_identifier` is the gateway's keyed hash of the authenticated user (OpenAI's
+    abuse reports then name a user the operator can find), never a client's own string.
+    """
+    parameters = {key: value for key, value in extra.items() if key not in GATEWAY_OWNED}
+    parameters["store"] = False
+    if safety_identifier is not None:
+        parameters["safety_identifier"] = safety_identifier
+    return parameters
 
 
 def _frame(body: dict[str, Any]) -> bytes:
