@@ -267,7 +267,7 @@ class RollupStore:
         return found
 
 
-class BudgetCounters:
+class UserSettledSpend:
     """The usage table's daily budget counters, read through its `by-day` index."""
 
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:

@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger
 from tollgate.adapters.cost_logs import CostLogReader, logs_client
 from tollgate.adapters.rollup_metrics import MetricsPublisher, cloudwatch_client
 from tollgate.adapters.rollup_store import (
-    BudgetCounters,
+    UserSettledSpend,
     GlobalShardCounters,
     RollupStore,
     batch_dynamodb_client,
@@ -32,7 +32,7 @@ def build_aggregator(settings: AggregatorSettings) -> Aggregator:
     return Aggregator(
         source=CostLogReader(logs_client(), settings.cost_log_group),
         store=RollupStore(dynamodb, settings.rollups_table, settings.retention),
-        counters=BudgetCounters(dynamodb, settings.usage_table),
+        counters=UserSettledSpend(dynamodb, settings.usage_table),
         global_counters=GlobalShardCounters(dynamodb, settings.usage_table),
         metrics=MetricsPublisher(cloudwatch_client(), settings.powertools_metrics_namespace),
         window=settings.window,

@@ -48,7 +48,7 @@ class LogEvent:
 
 
 @dataclass(frozen=True)
-class CostRecord:
+class ParsedCostRecord:
     user_id: str
     model: str
     outcome: str
@@ -101,7 +101,7 @@ def _budget_day(fields: Mapping[str, Any], timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).date().isoformat()
 
 
-def parse_cost_record(event: LogEvent) -> CostRecord | None:
+def parse_cost_record(event: LogEvent) -> ParsedCostRecord | None:
     """The cost record in `event`, None when the line is some other JSON log line.
 
     Raises MalformedLineError for a line that cannot be read (see the module docstring).
@@ -124,7 +124,7 @@ def parse_cost_record(event: LogEvent) -> CostRecord | None:
         raise MalformedLineError("cost_usd must be finite") from error
     if cost_micros < 0:
         raise MalformedLineError("cost_usd must not be negative")
-    return CostRecord(
+    return ParsedCostRecord(
         user_id=_label(fields, "user_id", required=True),
         model=_label(fields, "model", required=False),
         outcome=_label(fields, "outcome", required=True),
@@ -147,7 +147,7 @@ class Counts:
     output_tokens: int = 0
     cost_micros: int = 0
 
-    def add(self, record: CostRecord) -> None:
+    def add(self, record: ParsedCostRecord) -> None:
         self.requests += 1
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
@@ -196,7 +196,7 @@ class Rollup:
     cost_micros_by_budget_day: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
 
-    def add(self, record: CostRecord) -> None:
+    def add(self, record: ParsedCostRecord) -> None:
         self.totals.add(record)
         self.by_model.setdefault(record.model, Counts()).add(record)
         self.by_outcome[record.outcome] = self.by_outcome.get(record.outcome, 0) + 1
