@@ -21,7 +21,7 @@ from typing import Any, Literal
 from tollgate.ports import CachedReply, ReplyCache
 
 CACHE_HEADER = "x-tollgate-cache"
-CACHE_HIT = "hit"
+CACHE_HEADER_HIT = "hit"
 # A reply whose stored form is larger is simply not cached (a DynamoDB item holds 400 KB).
 MAX_ENTRY_BYTES = 100_000
 # Request fields that do not change the reply: left out of a /v1 key.
@@ -103,6 +103,9 @@ class CachePolicy:
             expires_at=int(now.timestamp()) + self.ttl_s,
         )
         return reply if fits(reply) else None
+
+
+CACHE_OFF = CachePolicy(ttl_s=0)
 
 
 def fits(reply: CachedReply) -> bool:

@@ -44,6 +44,7 @@ COST_RECORD_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("Requests", ("Model",)),
         ("TimeToFirstTokenMs", ("Model",)),
         ("Fallbacks", ("Model",)),
+        ("SavedUSD", ("Model",)),
         ("Requests", ("Outcome",)),
     }
 )
@@ -62,6 +63,7 @@ OUTCOMES = (
     "conversation_cap",
     "turn_conflict",
     "timeout",
+    "cache_hit",
 )
 
 
@@ -84,6 +86,8 @@ class CostRecord:
     output_tokens: int = 0
     reasoning_tokens: int = 0  # hidden reasoning, included in output_tokens
     cost_micros: int = 0
+    # a cache hit: what the stored reply had cost (nothing was charged for it)
+    saved_micros: int = 0
     usage_source: str = "upstream"
     ttft_ms: float | None = None
     latency_ms: float = 0.0
@@ -95,12 +99,13 @@ class CostRecord:
     def fields(self) -> dict[str, Any]:
         values = asdict(self)
         values["cost_usd"] = micros_to_usd(values.pop("cost_micros"))
+        values["saved_usd"] = micros_to_usd(values.pop("saved_micros"))
         if values["error"] is None:
             del values["error"]
         return values
 
 
-COST_RECORD_FIELDS = frozenset(CostRecord.__slots__) | {"cost_usd"}
+COST_RECORD_FIELDS = frozenset(CostRecord.__slots__) | {"cost_usd", "saved_usd"}
 
 
 class _KeepCostFieldNulls(LambdaPowertoolsFormatter):
@@ -168,6 +173,10 @@ def metric_blobs(record: CostRecord, namespace: str = METRICS_NAMESPACE) -> list
     by_model.add_metric(
         name="Fallbacks", unit=MetricUnit.Count, value=max(0, len(record.models_tried) - 1)
     )
+    if record.saved_micros:
+        by_model.add_metric(
+            name="SavedUSD", unit=MetricUnit.NoUnit, value=record.saved_micros / 1e6
+        )
     if record.ttft_ms is not None:
         by_model.add_metric(
             name="TimeToFirstTokenMs", unit=MetricUnit.Milliseconds, value=record.ttft_ms

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=60, ge=1)
     conversation_ttl_days: int = Field(default=30, ge=1)
     cancel_poll_s: float = Field(default=1.0, gt=0)
+    # Response cache for first questions (tollgate.cache); 0 turns it off.
+    cache_ttl_s: int = Field(default=0, ge=0)
+    cache_scope: Literal["global", "user"] = "global"
     cors_allow_origins: CommaList = ()
 
     auth_mode: Literal["jwt", "iam"] = "jwt"
