@@ -44,7 +44,6 @@ COST_RECORD_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("Requests", ("Model",)),
         ("TimeToFirstTokenMs", ("Model",)),
         ("Fallbacks", ("Model",)),
-        ("SavedUSD", ("Model",)),
         ("Requests", ("Outcome",)),
     }
 )
@@ -173,10 +172,6 @@ def metric_blobs(record: CostRecord, namespace: str = METRICS_NAMESPACE) -> list
     by_model.add_metric(
         name="Fallbacks", unit=MetricUnit.Count, value=max(0, len(record.models_tried) - 1)
     )
-    if record.saved_micros:
-        by_model.add_metric(
-            name="SavedUSD", unit=MetricUnit.NoUnit, value=record.saved_micros / 1e6
-        )
     if record.ttft_ms is not None:
         by_model.add_metric(
             name="TimeToFirstTokenMs", unit=MetricUnit.Milliseconds, value=record.ttft_ms
