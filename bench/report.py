@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import budget_burst
+from bench import budget_burst, cache_ttft
 from bench.global_admission import render as render_global_admission
 from bench.processes import REPO
 
@@ -163,6 +163,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["## Budget burst", "", budget_burst.render(burst), ""]
     if "global_admission" in results:
         lines += render_global_admission(results["global_admission"])
+    cache = results.get("cache_ttft")
+    if cache:
+        lines += ["## Response cache: time to first token", "", cache_ttft.render(cache), ""]
     cost = results.get("cost")
     if cost:
         lines += [

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import budget_burst
+from bench import budget_burst, cache_ttft
 from bench.cold_start import artifact_size, cold_start
 from bench.global_admission import global_admission
 from bench.lambda_cpu import lambda_shaped
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             results["operating_cost"] = tollgate_cost(results, log_dir)
             results["budget_burst"] = budget_burst_scenario(servers, offline, moto.url)
             results["global_admission"] = global_admission(moto.url)
+            results["cache_ttft"] = cache_ttft.scenario(
+                servers, offline, moto.url, first_token_delay_s
+            )
             if not args.skip_cold:
                 results["cold_start"] = cold_start(
                     offline,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import cache_ttft
 from bench.processes import LITELLM_RPS
 from bench.report import fmt_ratio
 
@@ -25,6 +26,19 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": burst["overshoot_tokens"] == 0
                 and burst["refused_that_reached_upstream"] == 0
                 and burst["usage_matches_events"],
+            }
+        )
+    cache = results.get("cache_ttft")
+    for store, measured in (cache or {}).get("stores", {}).items():
+        checks.append(
+            {
+                "target": f"response cache: a hit's TTFT p50 vs a miss's, {store} store",
+                "goal": "≤ 1/3",
+                "value": (
+                    f"{measured['hit_ttft_p50_ms']:.1f} ms vs {measured['miss_ttft_p50_ms']:.1f}"
+                    f" ms = {measured['hit_to_miss_p50']:.2f}×"
+                ),
+                "met": measured["hit_to_miss_p50"] <= cache_ttft.TARGET_RATIO,
             }
         )
     rtt = results["dynamodb_round_trip"]["p50_ms"]

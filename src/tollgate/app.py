@@ -26,13 +26,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.auth import Authenticator, JwtConfig, safety_identifier
 from tollgate.budget import DEFAULT_PLAN, Payer
+from tollgate.cache import (
+    CACHE_HEADER,
+    CACHE_HEADER_HIT,
+    chat_wants_cache,
+    completion_wants_cache,
+)
 from tollgate.chat import ChatService, config_from_settings
 from tollgate.errors import GatewayError
 from tollgate.observability import CostRecorder
-from tollgate.ports import BudgetAlerts, ConversationStore, RequestRegistry, UsageStore
+from tollgate.ports import BudgetAlerts, ConversationStore, ReplyCache, RequestRegistry, UsageStore
 from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
-from tollgate.stream import ChatStream
+from tollgate.stream import ReplyStream
 from tollgate.wire import sse
 from tollgate.wire.body import MAX_BODY_BYTES, BodyTimeout, body_too_large
 from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
@@ -75,11 +81,11 @@ def error_response(error: GatewayError) -> JSONResponse:
 
 
 class SSEResponse:
-    """Streams a ChatStream; a client that goes away stops it, and it is always settled."""
+    """Streams a reply; a client that goes away stops it, and it is always settled."""
 
     def __init__(
         self,
-        stream: ChatStream,
+        stream: ReplyStream,
         frames: AsyncGenerator[bytes, None] | None = None,
         *,
         keepalive_s: float = 15.0,
@@ -106,18 +112,15 @@ class SSEResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),  # SSE is UTF-8 by definition
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                    (b"x-request-id", stream.request_id.encode()),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"text/event-stream"),  # SSE is UTF-8 by definition
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"x-request-id", stream.request_id.encode()),
+        ]
+        if stream.cached:
+            headers.append((CACHE_HEADER.encode(), CACHE_HEADER_HIT.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         self._last_sent = time.monotonic()
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(stop_on_disconnect(stream, receive))
@@ -137,7 +140,7 @@ class SSEResponse:
             await frames.aclose()
 
 
-async def stop_on_disconnect(stream: ChatStream, receive: Receive) -> None:
+async def stop_on_disconnect(stream: ReplyStream, receive: Receive) -> None:
     """Stop `stream` (aborting upstream) when the client goes away before it ends."""
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -151,7 +154,7 @@ class CompletionResponse:
     that times out and retries would otherwise pay for every abandoned generation).
     """
 
-    def __init__(self, stream: ChatStream) -> None:
+    def __init__(self, stream: ReplyStream) -> None:
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,6 +166,8 @@ class CompletionResponse:
             watcher.cancel()
             await asyncio.shield(stream.aclose())
         headers = {"x-request-id": stream.request_id}
+        if stream.cached:
+            headers[CACHE_HEADER] = CACHE_HEADER_HIT
         failure = outcome.failure()
         if failure is None:
             response = JSONResponse(completion_body(stream, outcome), headers=headers)
@@ -219,7 +224,9 @@ def authenticated(
 @authenticated
 async def post_chat(request: Request, payer: Payer) -> SSEResponse:
     chat_request = parse_chat_request(await read_body(request))
-    stream = await deps(request).service.start(payer, chat_request)
+    stream = await deps(request).service.start(
+        payer, chat_request, use_cache=chat_wants_cache(request.headers.get(CACHE_HEADER))
+    )
     return SSEResponse(stream, keepalive_s=deps(request).sse_keepalive_s)
 
 
@@ -267,6 +274,11 @@ async def post_completions(request: Request) -> Response | SSEResponse | Complet
             max_tokens=completion.max_tokens,
             extra=billing_parameters(
                 completion.extra, dependencies.safety_identifier(payer.user_id)
+            ),
+            cache_body=(
+                completion.body
+                if completion_wants_cache(request.headers.get(CACHE_HEADER))
+                else None
             ),
         )
     except GatewayError as error:
@@ -378,10 +390,12 @@ class Stores:
     usage: UsageStore
     requests: RequestRegistry
     conversations: ConversationStore
+    replies: ReplyCache
 
 
 def dynamodb_stores(settings: Settings) -> Stores:
     from tollgate.adapters.aws import dynamodb_client
+    from tollgate.adapters.cache_store import DynamoReplyCache
     from tollgate.adapters.conversation_store import DynamoConversationStore
     from tollgate.adapters.usage_store import (
         DynamoRequestRegistry,
@@ -395,12 +409,14 @@ def dynamodb_stores(settings: Settings) -> Stores:
         conversations=DynamoConversationStore(
             settings.conversations_table, client, ttl_days=settings.conversation_ttl_days
         ),
+        replies=DynamoReplyCache(settings.conversations_table, client),
     )
 
 
 def memory_stores(settings: Settings) -> Stores:
     from tollgate.adapters.memory_store import (
         MemoryConversationStore,
+        MemoryReplyCache,
         MemoryRequestRegistry,
         MemoryUsageStore,
     )
@@ -409,6 +425,7 @@ def memory_stores(settings: Settings) -> Stores:
         MemoryUsageStore(),
         MemoryRequestRegistry(),
         MemoryConversationStore(ttl_days=settings.conversation_ttl_days),
+        MemoryReplyCache(),
     )
 
 
@@ -477,6 +494,7 @@ def build_dependencies(
         usage=stores.usage,
         requests=stores.requests,
         conversations=stores.conversations,
+        replies=stores.replies,
         upstream=OpenAIUpstream(
             client,
             attempt_timeout_s=settings.openai_timeout_s,
@@ -538,8 +556,8 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-end-user-id"],
-                expose_headers=["x-request-id", "retry-after"],
+                allow_headers=["authorization", "content-type", "x-end-user-id", CACHE_HEADER],
+                expose_headers=["x-request-id", "retry-after", CACHE_HEADER],
                 max_age=600,
             )
         )

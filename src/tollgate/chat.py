@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tollgate import history
 from tollgate.budget import BudgetPolicy, Budgets, Payer, hold_for, iso_z
+from tollgate.cache import CACHE_OFF, CachePolicy, ReplyKeeper
 from tollgate.counting import Counts, PromptCounter, RecountExactly
 from tollgate.errors import (
     BudgetExceeded,
@@ -37,10 +38,12 @@ from tollgate.metering import Meter
 from tollgate.observability import CostRecord, CostRecorder
 from tollgate.ports import (
     BudgetAlerts,
+    CachedReply,
     ConversationState,
     ConversationStore,
     ConversationView,
     Message,
+    ReplyCache,
     RequestRegistry,
     TokenCounter,
     Upstream,
@@ -48,9 +51,10 @@ from tollgate.ports import (
 )
 from tollgate.pricing import ModelPrice, PriceTable
 from tollgate.prompts import PromptLibrary
+from tollgate.replay import CachedReplyStream
 from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings
-from tollgate.stream import ChatStream, Prompt, Timing
+from tollgate.stream import ChatStream, Prompt, ReplyStream, Timing
 from tollgate.summaries import Summariser
 from tollgate.turns import TurnWriter
 
@@ -92,6 +96,7 @@ class ChatConfig:
     cancel_poll_s: float
     rate_limit_per_minute: int
     reasoning_effort: str | None = "low"  # sent to reasoning models on /chat
+    cache: CachePolicy = CACHE_OFF
 
 
 @dataclass(slots=True)
@@ -124,9 +129,11 @@ class ChatService:
         clock: Callable[[], datetime] = utc_now,
         lazy_encoding: bool = False,
         alerts: BudgetAlerts | None = None,
+        replies: ReplyCache | None = None,
     ) -> None:
         """`lazy_encoding`: a cold instance's first requests count with byte bounds while
-        the encodings load in a thread (see tollgate.counting)."""
+        the encodings load in a thread (see tollgate.counting). `replies`: the response
+        cache's store (the cache is on when it is given and `config.cache.ttl_s` > 0)."""
         prices.require([*config.model_chain, config.summary_model])
         self.config = config
         self._request_ids = request_ids or RequestIds(secrets.token_bytes(32))
@@ -136,6 +143,7 @@ class ChatService:
         self._prices = prices
         self._prompts = prompts
         self._clock = clock
+        self._replies = replies if config.cache.enabled else None
         chain_prices = [prices.price(model) for model in config.model_chain]
         typical = hold_for(config.history_token_target, config.max_output_tokens, chain_prices)
         self.ledger = Ledger(
@@ -185,19 +193,30 @@ class ChatService:
 
     # ------------------------------------------------------------ chat
 
-    async def start(self, payer: Payer, request: ChatRequest) -> ChatStream:
-        """POST /chat: the server owns the system prompt and the history."""
+    async def start(
+        self, payer: Payer, request: ChatRequest, *, use_cache: bool = True
+    ) -> ReplyStream:
+        """POST /chat: the server owns the system prompt and the history.
+
+        A new conversation's first question may be answered from the response cache
+        (unless `use_cache` is False: the request said `X-Tollgate-Cache: off`).
+        """
         system_prompt = self._prompts.get(request.prompt)
         if system_prompt is None:
             raise InvalidRequest(f"unknown prompt {request.prompt!r}")
         self.ledger.policy.plan_limits(payer.plan)
         return await self.counter.attempt(
-            lambda counts: self._start(payer, request, system_prompt, counts)
+            lambda counts: self._start(payer, request, system_prompt, counts, use_cache)
         )
 
     async def _start(
-        self, payer: Payer, request: ChatRequest, system_prompt: str, counts: Counts
-    ) -> ChatStream:
+        self,
+        payer: Payer,
+        request: ChatRequest,
+        system_prompt: str,
+        counts: Counts,
+        use_cache: bool,
+    ) -> ReplyStream:
         config = self.config
         models = config.model_chain
         message_tokens = counts.text(models, request.message)
@@ -217,7 +236,17 @@ class ChatService:
         lease_until = pending.timing.started_at + timedelta(
             seconds=config.stream_timeout_s + config.openai_timeout_s + LEASE_MARGIN_S
         )
-        hold, state = await self._admit(
+        cache_key = None
+        if use_cache and self._replies is not None and request.conversation_id is None:
+            cache_key = config.cache.chat_key(
+                user_id=payer.user_id,
+                prompt_name=request.prompt,
+                prompt_text=system_prompt,
+                message=request.message,
+                model=models[0],
+                cap=pending.cap,
+            )
+        hold, state, hit = await self._admit(
             pending,
             prompt_bound,
             counts,
@@ -229,13 +258,10 @@ class ChatService:
                 token_limit=config.conversation_token_limit,
                 now=pending.timing.started_at,
             ),
+            self._lookup(cache_key),
         )
         assert state is not None
         pending.record.conversation_id = state.conversation_id
-        turns = history.history_window(
-            state.summary_tokens, state.turns, config.history_token_target
-        )
-        messages = history.build_messages(system_prompt, state.summary, turns, request.message)
         turn = TurnWriter(
             conversations=self._conversations,
             state=state,
@@ -248,6 +274,13 @@ class ChatService:
             ledger=self.ledger,
             clock=self._clock,
         )
+        if hit is not None:
+            return self._replay(pending, hit, hold, turn)
+        assert hold is not None
+        turns = history.history_window(
+            state.summary_tokens, state.turns, config.history_token_target
+        )
+        messages = history.build_messages(system_prompt, state.summary, turns, request.message)
         return await self._open(
             pending,
             hold,
@@ -256,6 +289,7 @@ class ChatService:
             counts,
             turn=turn,
             reasoning_effort=config.reasoning_effort,
+            keeper=self._keeper(cache_key),
         )
 
     async def start_completion(
@@ -266,16 +300,23 @@ class ChatService:
         model: str,
         max_tokens: int | None,
         extra: dict[str, Any],
-    ) -> ChatStream:
-        """POST /v1/chat/completions: stateless, the caller owns the whole prompt."""
+        cache_body: Mapping[str, Any] | None = None,
+    ) -> ReplyStream:
+        """POST /v1/chat/completions: stateless, the caller owns the whole prompt.
+
+        `cache_body`: the request body, when the caller asked for the response cache.
+        """
         chain = self.config.model_chain
         if model not in chain:
             raise UnknownModel(f"model {model!r} is not offered; use one of: {', '.join(chain)}")
         self.ledger.policy.plan_limits(payer.plan)
         models = chain[chain.index(model) :]
+        cache_key = None
+        if cache_body is not None and self._replies is not None:
+            cache_key = self.config.cache.completion_key(user_id=payer.user_id, body=cache_body)
         return await self.counter.attempt(
             lambda counts: self._start_completion(
-                payer, messages, models, max_tokens, extra, counts
+                payer, messages, models, max_tokens, extra, counts, cache_key
             )
         )
 
@@ -287,13 +328,19 @@ class ChatService:
         max_tokens: int | None,
         extra: dict[str, Any],
         counts: Counts,
-    ) -> ChatStream:
+        cache_key: str | None,
+    ) -> ReplyStream:
         prompt_tokens = counts.messages(models, messages)
         limit = self.config.max_input_tokens
         if prompt_tokens > limit + PROMPT_FRAMING_TOKENS:
             raise counts.refuse(TooLarge(f"prompt is {prompt_tokens} tokens; the limit is {limit}"))
         pending = self._pending(payer, max_tokens, models, None)
-        hold, _ = await self._admit(pending, prompt_tokens, counts, None)
+        hold, _, hit = await self._admit(
+            pending, prompt_tokens, counts, None, self._lookup(cache_key)
+        )
+        if hit is not None:
+            return self._replay(pending, hit, hold, None)
+        assert hold is not None
         # The client's reasoning effort goes to the reasoning models of the chain only.
         extra = dict(extra)
         effort = extra.pop("reasoning_effort", None)
@@ -305,6 +352,7 @@ class ChatService:
             counts,
             extra=extra,
             reasoning_effort=effort if isinstance(effort, str) else None,
+            keeper=self._keeper(cache_key),
         )
 
     def _pending(
@@ -340,21 +388,27 @@ class ChatService:
         prompt_bound: int,
         counts: Counts,
         begin_turn: Coroutine[Any, Any, ConversationState] | None,
-    ) -> tuple[Hold, ConversationState | None]:
-        """Hold the budget (and take the conversation's lease, concurrently) or refuse."""
+        lookup: Coroutine[Any, Any, CachedReply | None],
+    ) -> tuple[Hold | None, ConversationState | None, CachedReply | None]:
+        """Hold the budget (taking the conversation's lease and looking the reply up in the
+        cache, concurrently) or refuse. The hold is None only for a cache hit that the
+        budget refused: a hit charges nothing, so it is served all the same."""
         amount = hold_for(prompt_bound, pending.cap, pending.prices)
         admitting = self.ledger.admit(
             pending.payer, pending.request_id, amount, pending.timing.started_at
         )
-        # The budget with the rate window, and the history: one round trip, concurrently.
-        if begin_turn is None:
-            admitted, loaded = (await asyncio.gather(admitting, return_exceptions=True))[0], None
-        else:
-            admitted, loaded = await asyncio.gather(admitting, begin_turn, return_exceptions=True)
+        # The budget with the rate window, the history and the cache: one round trip.
+        admitted, loaded, hit = await asyncio.gather(
+            admitting, begin_turn or _none(), lookup, return_exceptions=True
+        )
         hold = admitted if isinstance(admitted, Hold) else None
         state = loaded if isinstance(loaded, ConversationState) else None
+        if isinstance(hit, CachedReply) and not isinstance(loaded, BaseException):
+            if hold is None:
+                await self._count_refused_hit(pending, admitted)
+            return hold, state, hit
         if hold is not None and not isinstance(loaded, BaseException):
-            return hold, state
+            return hold, state, None
         if hold is not None:
             await self.ledger.give_back(hold)
         if state is not None:
@@ -378,6 +432,55 @@ class ChatService:
         assert isinstance(admitted, BaseException)
         raise admitted
 
+    async def _count_refused_hit(self, pending: _Pending, refusal: object) -> None:
+        """A cache hit whose budget hold was refused: the rate limit still counts it."""
+        if not isinstance(refusal, BudgetExceeded):
+            assert isinstance(refusal, BaseException)
+            raise refusal  # rate limited, or the budget store is unavailable
+        if refusal.scope == "user" and refusal.window == "day":
+            # The user's day account refused, and with it the write that counts the rate.
+            await self.ledger.count_request(
+                pending.payer, pending.request_id, pending.timing.started_at
+            )
+        # Otherwise the user's day account (every hold's first line) counted it before the
+        # refusing account gave the holds back.
+
+    async def _lookup(self, key: str | None) -> CachedReply | None:
+        if key is None or self._replies is None:
+            return None
+        try:
+            return await self._replies.get(key, int(self._clock().timestamp()))
+        except Exception as exc:  # an unreadable cache is a miss
+            self.ledger.warning("cache_lookup_failed", error=repr(exc))
+            return None
+
+    def _keeper(self, key: str | None) -> ReplyKeeper | None:
+        if key is None or self._replies is None:
+            return None
+        return ReplyKeeper(
+            self._replies,
+            self.config.cache,
+            key,
+            clock=self._clock,
+            on_error=lambda exc: self.ledger.warning("cache_store_failed", error=repr(exc)),
+        )
+
+    def _replay(
+        self, pending: _Pending, hit: CachedReply, hold: Hold | None, turn: TurnWriter | None
+    ) -> CachedReplyStream:
+        """Stream a cached reply: the hold (if any) is given back when it ends."""
+        return CachedReplyStream(
+            reply=hit,
+            payer=pending.payer,
+            record=pending.record,
+            hold=hold,
+            day=self.ledger.user_day(pending.payer, pending.timing.started_at),
+            ledger=self.ledger,
+            counter=self.counter,
+            timing=pending.timing,
+            turn=turn,
+        )
+
     async def _open(
         self,
         pending: _Pending,
@@ -389,6 +492,7 @@ class ChatService:
         turn: TurnWriter | None = None,
         extra: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
+        keeper: ReplyKeeper | None = None,
     ) -> ChatStream:
         """Call upstream once the request is admitted; a refusal there gives everything back."""
         record = pending.record
@@ -439,6 +543,7 @@ class ChatService:
             cancel_requested=lambda: self._requests.is_cancelled(pending.request_id),
             cancel_poll_s=self.config.cancel_poll_s,
             on_finished=self._forget,
+            keeper=keeper,
         )
         self._active[pending.request_id] = stream
         return stream
@@ -482,4 +587,9 @@ def config_from_settings(settings: Settings) -> ChatConfig:
         cancel_poll_s=settings.cancel_poll_s,
         rate_limit_per_minute=settings.rate_limit_per_minute,
         reasoning_effort=settings.reasoning_effort,
+        cache=CachePolicy(ttl_s=settings.cache_ttl_s, scope=settings.cache_scope),
     )
+
+
+async def _none() -> None:
+    return None

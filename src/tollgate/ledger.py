@@ -119,10 +119,7 @@ class Ledger:
             return hold
         await self.give_back(hold)
         if isinstance(failure, RateWindowFull):
-            raise RateLimited(
-                f"more than {self._rate_limit} requests in a minute",
-                retry_after=60 - started_at.second,
-            )
+            raise self._rate_limited(started_at) from failure
         if failure is not None:
             raise failure
         raise self._refusal(refused[0], started_at)
@@ -142,6 +139,25 @@ class Ledger:
             else:
                 still_refused.append(line)
         return still_refused
+
+    def user_day(self, payer: Payer, at: datetime) -> BudgetLine:
+        """The user's day account: it keeps the rate window and the `usage` event's figures."""
+        return self.policy.lines(payer, at)[0]
+
+    async def count_request(self, payer: Payer, request_id: str, started_at: datetime) -> None:
+        """Count a request that holds no budget (a cached reply) in the per-minute rate window;
+        RateLimited when the minute is full."""
+        account = self.user_day(payer, started_at).account
+        rate = rate_window(started_at, self._rate_limit)
+        try:
+            await self._usage.count_rate(account, request_id, rate, expires_at(account))
+        except RateWindowFull as exc:
+            raise self._rate_limited(started_at) from exc
+
+    def _rate_limited(self, at: datetime) -> RateLimited:
+        return RateLimited(
+            f"more than {self._rate_limit} requests in a minute", retry_after=60 - at.second
+        )
 
     async def top_up(self, hold: Hold, extra: Amount) -> None:
         """Grow every account's hold by `extra`; BudgetExceeded if one has no room."""

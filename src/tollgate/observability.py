@@ -62,6 +62,7 @@ OUTCOMES = (
     "conversation_cap",
     "turn_conflict",
     "timeout",
+    "cache_hit",
 )
 
 
@@ -84,6 +85,8 @@ class CostRecord:
     output_tokens: int = 0
     reasoning_tokens: int = 0  # hidden reasoning, included in output_tokens
     cost_micros: int = 0
+    # a cache hit: what the stored reply had cost (nothing was charged for it)
+    saved_micros: int = 0
     usage_source: str = "upstream"
     ttft_ms: float | None = None
     latency_ms: float = 0.0
@@ -95,12 +98,13 @@ class CostRecord:
     def fields(self) -> dict[str, Any]:
         values = asdict(self)
         values["cost_usd"] = micros_to_usd(values.pop("cost_micros"))
+        values["saved_usd"] = micros_to_usd(values.pop("saved_micros"))
         if values["error"] is None:
             del values["error"]
         return values
 
 
-COST_RECORD_FIELDS = frozenset(CostRecord.__slots__) | {"cost_usd"}
+COST_RECORD_FIELDS = frozenset(CostRecord.__slots__) | {"cost_usd", "saved_usd"}
 
 
 class _KeepCostFieldNulls(LambdaPowertoolsFormatter):

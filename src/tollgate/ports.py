@@ -124,6 +124,15 @@ class UsageStore(Protocol):
 
     async def counters(self, account: Account) -> BudgetCounters: ...
 
+    async def count_rate(
+        self, account: Account, request_id: str, rate: RateWindow, expires_at: int
+    ) -> None:
+        """Count the request in its minute without holding any budget (a cached reply).
+
+        Raises RateWindowFull when the minute is full. A repeat of the write that already
+        landed for this request changes nothing.
+        """
+
 
 class BudgetAlerts(Protocol):
     """Team and global utilisation: a notification once per threshold (80 %, 100 %) per
@@ -238,6 +247,27 @@ class ConversationStore(Protocol):
     async def get(self, conversation_id: str, user_id: str, now: datetime) -> ConversationView: ...
 
     async def delete(self, conversation_id: str, user_id: str) -> None: ...
+
+
+# ---------------------------------------------------------------- response cache
+
+
+@dataclass(frozen=True, slots=True)
+class CachedReply:
+    """A reply that completed normally, kept for identical first questions (tollgate.cache)."""
+
+    text: str
+    model: str  # the configured name that answered
+    cost_micros: int  # what producing it cost: a hit saves this much
+    expires_at: int  # epoch seconds; readers check it themselves (TTL deletes lazily)
+
+
+class ReplyCache(Protocol):
+    async def get(self, key: str, now: int) -> CachedReply | None:
+        """The reply stored under `key`, None when there is none or it expired by `now`."""
+
+    async def put(self, key: str, reply: CachedReply) -> None:
+        """Store (or replace) the reply; the caller checked it fits (tollgate.cache)."""
 
 
 # ---------------------------------------------------------------- upstream

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(default=1.0, gt=0)
     # A request body must arrive within this (slow-body protection when run as a plain server)
     body_read_timeout_s: float = Field(default=10.0, gt=0)
+    # Response cache for first questions (tollgate.cache); 0 turns it off.
+    cache_ttl_s: int = Field(default=0, ge=0)
+    cache_scope: Literal["global", "user"] = "global"
     cors_allow_origins: CommaList = ()
 
     auth_mode: Literal["jwt", "iam"] = "jwt"

@@ -13,8 +13,10 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from tollgate.budget import Payer
+from tollgate.cache import ReplyKeeper
 from tollgate.ledger import Balance, Hold, Ledger
 from tollgate.metering import Meter
 from tollgate.observability import CostRecord
@@ -51,12 +53,37 @@ class Outcome:
     balance: Balance | None
     # A summary call this turn caused, charged to the same user
     summary: SummaryCharge | None = None
+    # A cached reply: what producing it had cost (nothing was charged for it)
+    saved_micros: int | None = None
 
     def failure(self) -> tuple[str, str] | None:
         """(code, message) when the stream ended in failure after it started."""
         if self.outcome not in FAILURE_MESSAGES:
             return None
         return self.outcome, FAILURE_MESSAGES[self.outcome]
+
+
+class ReplyStream(Protocol):
+    """What the wire formats stream: an upstream reply (ChatStream) or a cached one."""
+
+    cached: bool
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def conversation_id(self) -> str | None: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def text(self) -> AsyncGenerator[str, None]: ...
+
+    async def finish_now(self) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +96,8 @@ class Prompt:
 
 
 class ChatStream:
+    cached = False
+
     def __init__(
         self,
         *,
@@ -84,6 +113,7 @@ class ChatStream:
         cancel_requested: Callable[[], Awaitable[bool]],
         cancel_poll_s: float,
         on_finished: Callable[[ChatStream], None],
+        keeper: ReplyKeeper | None = None,
     ) -> None:
         self._upstream = upstream
         self._payer = payer
@@ -97,6 +127,7 @@ class ChatStream:
         self._cancel_requested = cancel_requested
         self._cancel_poll_s = cancel_poll_s
         self._on_finished = on_finished
+        self._keeper = keeper
         self._parts: list[str] = []
         self._stop_reason: str | None = None
         self._first_token_at: float | None = None
@@ -218,9 +249,10 @@ class ChatStream:
         if turn_writer is not None:
             await self._meter.counter.loaded()  # counting the turn must not block the loop
             turn = turn_writer.turn_for(outcome, reply, self._upstream.model, record)
-        settled, stored = await asyncio.gather(
+        settled, stored, _ = await asyncio.gather(
             settling,
             turn_writer.store(turn) if turn_writer is not None else _nothing(),
+            self._keep(outcome, reply),
             return_exceptions=True,
         )
         if isinstance(stored, BaseException):
@@ -248,6 +280,18 @@ class ChatStream:
             record.cost_micros,
             balance,
             None if summary is None else summary.charge,
+        )
+
+    async def _keep(self, outcome: str, reply: str) -> bool:
+        """Offer a normally completed reply to the response cache (when it is on for this one)."""
+        if self._keeper is None:
+            return False
+        return await self._keeper.offer(
+            outcome,
+            self._upstream.finish_reason,
+            reply,
+            self._upstream.model,
+            self._record.cost_micros,
         )
 
 

@@ -244,6 +244,8 @@ class TestScheduledRun:
                 },
             },
             "by_outcome": {"cancelled": 1, "completed": 1},
+            "cache_hits": 0,
+            "saved_usd": 0.0,
             "by_prompt": {
                 "default": {
                     "requests": 2, "input_tokens": 110, "output_tokens": 25, "cost_usd": 0.5,

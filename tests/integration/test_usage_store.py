@@ -159,6 +159,31 @@ def test_the_rate_window_is_counted_in_the_same_write(new_store, request) -> Non
         assert item["day"]["S"] == DAY  # the aggregator's by-day index finds it
 
 
+def test_a_request_can_be_counted_in_the_rate_window_alone(new_store) -> None:
+    # Given a user whose minute already holds one request with a budget hold
+    store, rater = new_store(), user_day("rater")
+    limits = Limits(tokens=10_000, cost_micros=None)
+    minute = RateWindow(window="2026-03-01T12:00", previous="2026-03-01T11:59", limit=4)
+    assert run(store.reserve(rater, "r1", Amount(10, 0), limits, EXPIRES, rate=minute))
+    # When three requests are counted without a hold, the second one's write arriving twice
+    run(store.count_rate(rater, "r2", minute, EXPIRES))
+    run(store.count_rate(rater, "r3", minute, EXPIRES))
+    run(store.count_rate(rater, "r3", minute, EXPIRES))  # a retry of a write that landed
+    run(store.count_rate(rater, "r4", minute, EXPIRES))
+    # Then the minute is full (4 counted, the repeat once), and no budget was touched
+    with pytest.raises(RateWindowFull):
+        run(store.count_rate(rater, "r5", minute, EXPIRES))
+    with pytest.raises(RateWindowFull):
+        run(store.reserve(rater, "r6", Amount(10, 0), limits, EXPIRES, rate=minute))
+    counters = run(store.counters(rater))
+    assert (counters.tokens, counters.reserved_tokens, counters.requests) == (10, 10, 0)
+    # And the next minute starts afresh, also for a user with no budget item yet
+    next_minute = RateWindow(window="2026-03-01T12:01", previous="2026-03-01T12:00", limit=4)
+    run(store.count_rate(rater, "r6", next_minute, EXPIRES))
+    run(store.count_rate(user_day("newcomer"), "r7", minute, EXPIRES))
+    assert run(store.counters(user_day("newcomer"))).tokens == 0
+
+
 # An operation on request i: hold n tokens (a new hold or a top-up), settle at a fraction,
 # release, or repeat the previous write as a retry would.
 operations = st.lists(

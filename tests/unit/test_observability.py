@@ -50,6 +50,7 @@ DOCUMENTED_OUTCOMES = {
     "conversation_cap",
     "turn_conflict",
     "timeout",
+    "cache_hit",
 }
 
 

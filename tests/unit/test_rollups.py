@@ -181,6 +181,8 @@ class TestAggregation:
                 },
             },
             "by_outcome": {"budget_refused": 1, "cancelled": 1, "completed": 10},
+            "cache_hits": 0,
+            "saved_usd": 0.0,
             "by_prompt": {
                 "default": {
                     "requests": 11,
@@ -389,3 +391,26 @@ class TestTeams:
         ]
         assert day.team_cost_micros == 1_100_000
         assert day.teams["acme"].requests == 2
+
+
+class TestResponseCache:
+    def test_hits_and_the_dollars_they_saved_are_summed(self) -> None:
+        # Given a window with a paid reply, two cache hits and an older record without saved_usd
+        events = [
+            event(record_line(saved_usd=0)),
+            event(record_line(outcome="cache_hit", cost_usd=0, saved_usd=0.000045)),
+            event(record_line(outcome="cache_hit", cost_usd=0, saved_usd=0.000105)),
+            event(record_line()),
+        ]
+        # When it is aggregated, also in two parts combined
+        rollup = aggregate(WINDOW, events)
+        halves = combine(WINDOW, [aggregate(WINDOW, events[:2]), aggregate(WINDOW, events[2:])])
+        # Then the summary shows the hits and what they saved
+        summary = rollup.summary()
+        assert (summary["cache_hits"], summary["saved_usd"]) == (2, 0.00015)
+        assert summary["by_outcome"]["cache_hit"] == 2
+        assert halves.summary() == summary
+
+    def test_a_malformed_saved_amount_is_a_skipped_line(self) -> None:
+        rollup = aggregate(WINDOW, [event(record_line(saved_usd="lots")), event(record_line())])
+        assert (rollup.skipped_lines, rollup.totals.requests) == (1, 1)

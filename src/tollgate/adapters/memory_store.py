@@ -33,6 +33,7 @@ from tollgate.ports import (
     Account,
     Amount,
     BudgetCounters,
+    CachedReply,
     ConversationState,
     ConversationView,
     Limits,
@@ -43,6 +44,7 @@ from tollgate.ports import (
 
 # Expired cancel signals are dropped once there are this many.
 REQUEST_REGISTRY_LIMIT = 100_000
+REPLY_CACHE_LIMIT = 10_000
 
 
 # ---------------------------------------------------------------- budgets
@@ -62,6 +64,8 @@ class _Budget:
     released: set[str] = field(default_factory=set)
     # minute (yyyy-mm-ddThh:mm) -> requests counted in it
     rate: dict[str, int] = field(default_factory=dict)
+    # the last request counted in the rate window alone (a repeat of its write is a no-op)
+    rate_counted: str | None = None
 
     def counters(self) -> BudgetCounters:
         return BudgetCounters(
@@ -166,6 +170,20 @@ class MemoryUsageStore:
     async def counters(self, account: Account) -> BudgetCounters:
         budget = self._budgets.get(account)
         return budget.counters() if budget is not None else BudgetCounters(account.period)
+
+    async def count_rate(
+        self, account: Account, request_id: str, rate: RateWindow, expires_at: int
+    ) -> None:
+        budget = self._budgets.get(account)
+        if budget is not None and budget.rate_counted == request_id:
+            return  # a repeat that landed
+        if budget is not None and budget.rate.get(rate.window, 0) >= rate.limit:
+            raise RateWindowFull
+        if budget is None:
+            budget = self._budgets[account] = _Budget(account.period)
+        budget.rate.pop(rate.previous, None)
+        budget.rate[rate.window] = budget.rate.get(rate.window, 0) + 1
+        budget.rate_counted = request_id
 
 
 # ---------------------------------------------------------------- request registry
@@ -346,3 +364,26 @@ class MemoryConversationStore:
     def expire(self, conversation_id: str, expires_at: int) -> None:
         """Test seam: move a conversation's idle expiry (DynamoDB tests edit the item)."""
         self._conversations[conversation_id].expires_at = expires_at
+
+
+# ---------------------------------------------------------------- response cache
+
+
+class MemoryReplyCache:
+    """Replies by key; expired ones are dropped once there are `limit` entries."""
+
+    def __init__(self, *, limit: int = REPLY_CACHE_LIMIT) -> None:
+        self._replies: dict[str, CachedReply] = {}
+        self._limit = limit
+
+    async def get(self, key: str, now: int) -> CachedReply | None:
+        reply = self._replies.get(key)
+        return reply if reply is not None and reply.expires_at > now else None
+
+    async def put(self, key: str, reply: CachedReply) -> None:
+        if len(self._replies) >= self._limit and key not in self._replies:
+            now = time.time()
+            self._replies = {k: v for k, v in self._replies.items() if v.expires_at > now}
+            if len(self._replies) >= self._limit:
+                self._replies.pop(next(iter(self._replies)))  # the oldest entry
+        self._replies[key] = reply

@@ -37,6 +37,7 @@ PUBLISHED_METRICS: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("WindowRequests", ()),
         ("WindowRequests", ("Model",)),
         ("WindowRequests", ("Outcome",)),
+        ("WindowSavedUSD", ()),
         ("SkippedCostRecordLines", ()),
         ("DailyCostUSD", ()),
         ("ReconciliationDifferenceUSD", ()),
@@ -74,6 +75,7 @@ def window_metric_data(rollup: Rollup, day_to_date_micros: int) -> list[MetricDa
         _datum("WindowInputTokens", totals.input_tokens, at, "Count"),
         _datum("WindowOutputTokens", totals.output_tokens, at, "Count"),
         _datum("WindowRequests", totals.requests, at, "Count"),
+        _datum("WindowSavedUSD", rollup.saved_micros / 1e6, at),
         _datum("SkippedCostRecordLines", rollup.skipped_lines, at, "Count"),
         _datum("DailyCostUSD", day_to_date_micros / 1e6, at),
         # Spend by budget scope: every request counts in the global scope, those of a

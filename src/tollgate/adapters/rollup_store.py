@@ -148,6 +148,7 @@ def rollup_attributes(rollup: Rollup, *, keep_users: bool) -> dict[str, Any]:
         "teams_complete": rollup.teams_complete and len(teams) == len(rollup.teams),
         "cost_micros_by_budget_day": dict(rollup.cost_micros_by_budget_day),
         "skipped_lines": rollup.skipped_lines,
+        "saved_micros": rollup.saved_micros,
     }
     if keep_users:
         attributes["users"] = {user_id: _user_attrs(total) for user_id, total in ranked}
@@ -174,6 +175,7 @@ def rollup_from_attributes(attributes: Mapping[str, Any]) -> Rollup:
             k: int(v) for k, v in attributes["cost_micros_by_budget_day"].items()
         },
         skipped_lines=int(attributes["skipped_lines"]),
+        saved_micros=int(attributes.get("saved_micros", 0)),  # absent in older rollups
     )
 
 

@@ -252,6 +252,50 @@ class DynamoUsageStore:
         response = await self._table.call("get_item", Key=budget_key(account), ConsistentRead=True)
         return _counters(account.period, response.get("Item"))
 
+    async def count_rate(
+        self, account: Account, request_id: str, rate: RateWindow, expires_at: int
+    ) -> None:
+        # `rate_counted` names the last request counted this way: a retried write that
+        # had landed finds its own id there and adds nothing.
+        names = {
+            "#rate": f"rate_{rate.window}",
+            "#previous": f"rate_{rate.previous}",
+            "#period": "period",
+            "#owner": "owner",
+        }
+        values = {
+            ":one": _n(1),
+            ":rate_max": _n(rate.limit),
+            ":rid": {"S": request_id},
+            ":period": {"S": account.period},
+            ":owner": {"S": account.owner},
+            ":exp": _n(expires_at),
+        }
+        sets = ["rate_counted = :rid", "#period = :period", "#owner = :owner", "expires_at = :exp"]
+        if account.window == "day":
+            sets.append("#day = :period")
+            names["#day"] = "day"
+        try:
+            await self._table.call(
+                "update_item",
+                Key=budget_key(account),
+                UpdateExpression=f"SET {', '.join(sets)} ADD #rate :one REMOVE #previous",
+                ConditionExpression=(
+                    "(attribute_not_exists(#rate) OR #rate < :rate_max)"
+                    " AND (attribute_not_exists(rate_counted) OR rate_counted <> :rid)"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not is_condition_failure(exc):
+                raise
+            old = item_on_failure(exc) or {}
+            if old.get("rate_counted", {}).get("S") == request_id:
+                return  # a retried write that had landed
+            raise RateWindowFull from exc
+
 
 class DynamoRequestRegistry:
     """`REQ#<id>` items in the usage table, written only when a cancel is asked for."""

@@ -10,9 +10,9 @@ from aws_lambda_powertools import Logger
 from tollgate.adapters.cost_logs import CostLogReader, logs_client
 from tollgate.adapters.rollup_metrics import MetricsPublisher, cloudwatch_client
 from tollgate.adapters.rollup_store import (
-    UserSettledSpend,
     GlobalShardCounters,
     RollupStore,
+    UserSettledSpend,
     batch_dynamodb_client,
 )
 from tollgate.aggregation.aggregator import Aggregator

@@ -32,6 +32,7 @@ NONE_LABEL = "(none)"
 TOP_USERS = 10
 # Teams in a window summary's `by_team`, biggest spenders first.
 TOP_TEAMS = 20
+CACHE_HIT = "cache_hit"
 
 
 class MalformedLineError(ValueError):
@@ -60,6 +61,8 @@ class ParsedCostRecord:
     budget_day: str
     # The payer's team; None for a user without one (and for records older than the field).
     team: str | None = None
+    # A response cache hit: what the reply it replayed had cost
+    saved_micros: int = 0
 
 
 def usd_to_micros(value: Decimal | int) -> int:
@@ -124,6 +127,15 @@ def parse_cost_record(event: LogEvent) -> ParsedCostRecord | None:
         raise MalformedLineError("cost_usd must be finite") from error
     if cost_micros < 0:
         raise MalformedLineError("cost_usd must not be negative")
+    saved = fields.get("saved_usd", 0)  # records written before the response cache have none
+    if isinstance(saved, bool) or not isinstance(saved, Decimal | int):
+        raise MalformedLineError("saved_usd must be a number")
+    try:
+        saved_micros = usd_to_micros(saved)
+    except (InvalidOperation, OverflowError) as error:
+        raise MalformedLineError("saved_usd must be finite") from error
+    if saved_micros < 0:
+        raise MalformedLineError("saved_usd must not be negative")
     return ParsedCostRecord(
         user_id=_label(fields, "user_id", required=True),
         model=_label(fields, "model", required=False),
@@ -134,6 +146,7 @@ def parse_cost_record(event: LogEvent) -> ParsedCostRecord | None:
         cost_micros=cost_micros,
         budget_day=_budget_day(fields, event.timestamp_ms),
         team=_optional_label(fields, "team"),
+        saved_micros=saved_micros,
     )
 
 
@@ -195,9 +208,12 @@ class Rollup:
     teams_complete: bool = True
     cost_micros_by_budget_day: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
+    # What response cache hits saved (their replies' cost when they were produced)
+    saved_micros: int = 0
 
     def add(self, record: ParsedCostRecord) -> None:
         self.totals.add(record)
+        self.saved_micros += record.saved_micros
         self.by_model.setdefault(record.model, Counts()).add(record)
         self.by_outcome[record.outcome] = self.by_outcome.get(record.outcome, 0) + 1
         self.by_prompt.setdefault(record.prompt, Counts()).add(record)
@@ -212,6 +228,7 @@ class Rollup:
 
     def merge(self, other: Rollup) -> None:
         self.totals.merge(other.totals)
+        self.saved_micros += other.saved_micros
         for model, counts in other.by_model.items():
             self.by_model.setdefault(model, Counts()).merge(counts)
         for outcome, n in other.by_outcome.items():
@@ -263,6 +280,8 @@ class Rollup:
             **self.totals.summary(),
             "by_model": {name: c.summary() for name, c in sorted(self.by_model.items())},
             "by_outcome": dict(sorted(self.by_outcome.items())),
+            "cache_hits": self.by_outcome.get(CACHE_HIT, 0),
+            "saved_usd": micros_to_usd(self.saved_micros),
             "by_prompt": {name: c.summary() for name, c in sorted(self.by_prompt.items())},
             "top_users": [
                 {

@@ -13,7 +13,7 @@ from tollgate.errors import InvalidRequest
 from tollgate.ledger import Balance
 from tollgate.ports import BudgetCounters, ConversationView, Limits, Window
 from tollgate.pricing import micros_to_usd
-from tollgate.stream import ChatStream, Outcome
+from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire import sse
 from tollgate.wire.body import json_object
 
@@ -118,19 +118,21 @@ def usage_event(outcome: Outcome) -> bytes:
             "output_tokens": outcome.summary.output_tokens,
             "cost_usd": micros_to_usd(outcome.summary.cost_micros),
         }
+    if outcome.saved_micros is not None:
+        data["saved_usd"] = micros_to_usd(outcome.saved_micros)
     return sse.event("usage", data)
 
 
-async def chat_frames(stream: ChatStream) -> AsyncGenerator[bytes, None]:
+async def chat_frames(stream: ReplyStream) -> AsyncGenerator[bytes, None]:
     """POST /chat's SSE: meta, deltas, usage, error (when it failed), [DONE]."""
-    yield sse.event(
-        "meta",
-        {
-            "conversation_id": stream.conversation_id,
-            "request_id": stream.request_id,
-            "model": stream.model,
-        },
-    )
+    meta: dict[str, Any] = {
+        "conversation_id": stream.conversation_id,
+        "request_id": stream.request_id,
+        "model": stream.model,
+    }
+    if stream.cached:
+        meta["cached"] = True
+    yield sse.event("meta", meta)
     async for text in stream.text():
         yield sse.delta(text)
     outcome = await stream.finish_now()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate.errors import BadRequest, GatewayError
-from tollgate.stream import ChatStream, Outcome
+from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire import sse
 from tollgate.wire.body import json_object
 
@@ -87,6 +87,8 @@ class CompletionRequest:
     include_usage: bool = False
     max_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The body as sent: what the response cache keys a request by (tollgate.cache)
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 def openai_error_body(error: GatewayError) -> dict[str, Any]:
@@ -207,6 +209,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         include_usage=include_usage,
         max_tokens=min(caps) if caps else None,
         extra={key: value for key, value in payload.items() if key in PASS_THROUGH},
+        body=payload,
     )
 
 
@@ -245,7 +248,7 @@ def _finish_reason(outcome: Outcome) -> str:
 class CompletionEncoder:
     """Writes one stream's chunks in OpenAI's exact format."""
 
-    def __init__(self, stream: ChatStream, include_usage: bool) -> None:
+    def __init__(self, stream: ReplyStream, include_usage: bool) -> None:
         self._stream = stream
         self._include_usage = include_usage
         self.id = f"chatcmpl-{stream.request_id}"
@@ -306,14 +309,14 @@ class CompletionEncoder:
         yield sse.DONE
 
 
-async def collect(stream: ChatStream) -> Outcome:
+async def collect(stream: ReplyStream) -> Outcome:
     """A non-stream reply: upstream still streams, so cancel and timeouts work the same."""
     async for _ in stream.text():
         pass
     return await stream.finish_now()
 
 
-def completion_body(stream: ChatStream, outcome: Outcome) -> dict[str, Any]:
+def completion_body(stream: ReplyStream, outcome: Outcome) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{stream.request_id}",
         "object": "chat.completion",
