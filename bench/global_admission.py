@@ -100,13 +100,11 @@ def global_admission(moto_url: str | None, *, requests: int = 400) -> dict[str, 
     results: dict[str, Any] = {"hold_tokens": HOLD.tokens}
     results["memory"] = asyncio.run(_throughput(MemoryUsageStore(), requests * 5, 64))
     if moto_url is not None:
-        import boto3
-
-        from tollgate.adapters.aws import request_profile
+        from bench.processes import dynamodb_client
         from tollgate.adapters.usage_store import DynamoUsageStore
         from tollgate.local.tables import create_tables
 
-        client = boto3.client("dynamodb", endpoint_url=moto_url, config=request_profile().config())
+        client = dynamodb_client(moto_url)
         names = {"UsageTable": "bench-global-usage", "ConversationsTable": "bench-global-conv"}
         create_tables(client, names)
         store = DynamoUsageStore(names["UsageTable"], client)
