@@ -232,7 +232,7 @@ async def post_chat(request: Request, payer: Payer) -> SSEResponse:
 
 @authenticated
 async def cancel_chat(request: Request, payer: Payer) -> Response:
-    await deps(request).service.cancel(payer.user_id, request.path_params["request_id"])
+    await deps(request).service.cancel(payer, request.path_params["request_id"])
     return JSONResponse({"request_id": request.path_params["request_id"]}, status_code=202)
 
 

@@ -172,8 +172,14 @@ class ChatService:
     # ------------------------------------------------------------ queries
 
     async def balances(self, payer: Payer) -> list[Balance]:
-        """The payer's own budget accounts now (the user's day first)."""
-        return await self.ledger.balances(payer, self._clock())
+        """The payer's own budget accounts now (the user's day first).
+
+        Each read counts in the per-minute rate limit, like every other request: reads of
+        the budget are not free for DynamoDB either.
+        """
+        now = self._clock()
+        await self.ledger.count_request(payer, f"usage-{secrets.token_hex(8)}", now)
+        return await self.ledger.balances(payer, now)
 
     async def conversation(self, user_id: str, conversation_id: str) -> ConversationView:
         return await self._conversations.get(conversation_id, user_id, self._clock())
@@ -181,14 +187,16 @@ class ChatService:
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
         await self._conversations.delete(conversation_id, user_id)
 
-    async def cancel(self, user_id: str, request_id: str) -> None:
-        if not self._request_ids.owns(request_id, user_id):
+    async def cancel(self, payer: Payer, request_id: str) -> None:
+        """Only ids the gateway issued to this user reach the store, and each cancel counts
+        in the per-minute rate limit: a user cannot write signals without bound."""
+        if not self._request_ids.owns(request_id, payer.user_id):
             raise NotFound("no such request")
-        await self._requests.signal_cancel(
-            request_id, int(self._clock().timestamp()) + CANCEL_SIGNAL_TTL_S
-        )
+        now = self._clock()
+        await self.ledger.count_request(payer, f"cancel-{secrets.token_hex(8)}", now)
+        await self._requests.signal_cancel(request_id, int(now.timestamp()) + CANCEL_SIGNAL_TTL_S)
         stream = self._active.get(request_id)
-        if stream is not None and stream.user_id == user_id:
+        if stream is not None and stream.user_id == payer.user_id:
             stream.stop("cancelled")
 
     # ------------------------------------------------------------ chat

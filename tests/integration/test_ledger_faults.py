@@ -163,3 +163,25 @@ def usage_meta(response) -> dict[str, Any]:
 
     block = response.text.split("event: meta\n", 1)[1]
     return json.loads(block.split("\n", 1)[0].removeprefix("data: "))
+
+
+def test_cancels_and_usage_reads_count_in_the_rate_limit(gateway_factory, offline_model) -> None:
+    # Given a rate limit of 4 requests a minute and one chat already made (1 of 4)
+    with gateway_factory(rate_limit_per_minute=4) as gateway:
+        response = gateway.chat("Hello")
+        request_id = response.headers["x-request-id"]
+        # When the user cancels it again and again, and reads the budget
+        cancels = [
+            gateway.http.post(f"/chat/{request_id}/cancel", headers=gateway.headers()).status_code
+            for _ in range(2)
+        ]
+        reads = [
+            gateway.http.get("/usage", headers=gateway.headers()).status_code for _ in range(2)
+        ]
+        # And a made-up id, which the gateway never issued, never reaches the store
+        forged = gateway.http.post(f"/chat/{'0' * 48}/cancel", headers=gateway.headers())
+
+    # Then both kinds are counted: the fifth request of the minute is refused
+    assert cancels == [202, 202]
+    assert reads == [200, 429]
+    assert forged.status_code == 404

@@ -164,19 +164,28 @@ class TestAggregation:
             "requests": 12,
             "input_tokens": 10 * 10 + 5 + 100,
             "output_tokens": 10 * 1 + 0 + 50,
+            "reasoning_tokens": 0,
             "cost_usd": 1.2,
             "by_model": {
                 NONE_LABEL: {
                     "requests": 1,
                     "input_tokens": 100,
                     "output_tokens": 50,
+                    "reasoning_tokens": 0,
                     "cost_usd": 0.0,
                 },
-                "gpt-4o": {"requests": 1, "input_tokens": 5, "output_tokens": 0, "cost_usd": 0.2},
+                "gpt-4o": {
+                    "requests": 1,
+                    "input_tokens": 5,
+                    "output_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cost_usd": 0.2,
+                },
                 "gpt-4o-mini": {
                     "requests": 10,
                     "input_tokens": 100,
                     "output_tokens": 10,
+                    "reasoning_tokens": 0,
                     "cost_usd": 1.0,
                 },
             },
@@ -188,9 +197,16 @@ class TestAggregation:
                     "requests": 11,
                     "input_tokens": 200,
                     "output_tokens": 60,
+                    "reasoning_tokens": 0,
                     "cost_usd": 1.0,
                 },
-                "tutor": {"requests": 1, "input_tokens": 5, "output_tokens": 0, "cost_usd": 0.2},
+                "tutor": {
+                    "requests": 1,
+                    "input_tokens": 5,
+                    "output_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cost_usd": 0.2,
+                },
             },
             "top_users": [
                 {"user_id": "alice", "cost_usd": 1.0, "tokens": 110},
@@ -199,8 +215,20 @@ class TestAggregation:
             ],
             # bob has no team: his spend is in no team's
             "by_team": {
-                "acme": {"requests": 10, "input_tokens": 100, "output_tokens": 10, "cost_usd": 1.0},
-                "zeta": {"requests": 1, "input_tokens": 100, "output_tokens": 50, "cost_usd": 0.0},
+                "acme": {
+                    "requests": 10,
+                    "input_tokens": 100,
+                    "output_tokens": 10,
+                    "reasoning_tokens": 0,
+                    "cost_usd": 1.0,
+                },
+                "zeta": {
+                    "requests": 1,
+                    "input_tokens": 100,
+                    "output_tokens": 50,
+                    "reasoning_tokens": 0,
+                    "cost_usd": 0.0,
+                },
             },
             "skipped_lines": 0,
         }
@@ -230,6 +258,15 @@ class TestAggregation:
         rollup = aggregate(WINDOW, events)
         # Then the window is half-open: [start, end)
         assert sorted(rollup.users) == ["first", "last"]
+
+    def test_reasoning_tokens_are_summed_beside_the_output_they_are_part_of(self) -> None:
+        # Given a reasoning model's record and one written before the field existed
+        lines = [record_line(output_tokens=90, reasoning_tokens=64), record_line()]
+        # Then the window counts the hidden reasoning, per model too
+        summary = aggregate(WINDOW, [event(line) for line in lines]).summary()
+        assert summary["reasoning_tokens"] == 64
+        assert summary["output_tokens"] == 140
+        assert summary["by_model"]["gpt-4o-mini"]["reasoning_tokens"] == 64
 
     def test_empty_window(self) -> None:
         summary = aggregate(WINDOW, []).summary()

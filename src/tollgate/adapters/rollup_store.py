@@ -69,6 +69,7 @@ def _counts_attrs(counts: Counts) -> dict[str, int]:
         "input_tokens": counts.input_tokens,
         "output_tokens": counts.output_tokens,
         "cost_micros": counts.cost_micros,
+        "reasoning_tokens": counts.reasoning_tokens,
     }
 
 
@@ -78,6 +79,7 @@ def _counts(values: Mapping[str, Any]) -> Counts:
         input_tokens=int(values["input_tokens"]),
         output_tokens=int(values["output_tokens"]),
         cost_micros=int(values["cost_micros"]),
+        reasoning_tokens=int(values.get("reasoning_tokens", 0)),  # absent in older items
     )
 
 

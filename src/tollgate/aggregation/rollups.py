@@ -63,6 +63,8 @@ class ParsedCostRecord:
     team: str | None = None
     # A response cache hit: what the reply it replayed had cost
     saved_micros: int = 0
+    # Hidden reasoning of a reasoning model (part of output_tokens)
+    reasoning_tokens: int = 0
 
 
 def usd_to_micros(value: Decimal | int) -> int:
@@ -147,6 +149,8 @@ def parse_cost_record(event: LogEvent) -> ParsedCostRecord | None:
         budget_day=_budget_day(fields, event.timestamp_ms),
         team=_optional_label(fields, "team"),
         saved_micros=saved_micros,
+        # records written before reasoning models were priced have none
+        reasoning_tokens=_count(fields, "reasoning_tokens", default=0),
     )
 
 
@@ -159,24 +163,28 @@ class Counts:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_micros: int = 0
+    reasoning_tokens: int = 0  # part of output_tokens
 
     def add(self, record: ParsedCostRecord) -> None:
         self.requests += 1
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
         self.cost_micros += record.cost_micros
+        self.reasoning_tokens += record.reasoning_tokens
 
     def merge(self, other: Counts) -> None:
         self.requests += other.requests
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_micros += other.cost_micros
+        self.reasoning_tokens += other.reasoning_tokens
 
     def summary(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": micros_to_usd(self.cost_micros),
         }
 
