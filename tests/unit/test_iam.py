@@ -41,7 +41,7 @@ RESOURCES: dict[str, tuple[str, Any]] = {
     "SnsNotifier": ("sns", {"Ref": "AlarmTopic"}),
     "DynamoConversationStore": ("dynamodb", {"GetAtt": "ConversationsTable.Arn"}),
     "RollupStore": ("dynamodb", {"GetAtt": "RollupsTable.Arn"}),
-    "BudgetCounters": ("dynamodb", {"Sub": "${UsageTable.Arn}/index/by-day"}),
+    "UserSettledSpend": ("dynamodb", {"Sub": "${UsageTable.Arn}/index/by-day"}),
     "GlobalShardCounters": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
     "CostLogReader": ("logs", {"GetAtt": "ChatFunctionLogGroup.Arn"}),
     "MetricsPublisher": ("cloudwatch", "*"),
