@@ -38,7 +38,7 @@ from tollgate.observability import CostRecorder
 from tollgate.ports import BudgetAlerts, ConversationStore, ReplyCache, RequestRegistry, UsageStore
 from tollgate.request_ids import RequestIds
 from tollgate.settings import Settings, get_settings
-from tollgate.stream import ReplyStream
+from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire import sse
 from tollgate.wire.body import MAX_BODY_BYTES, BodyTimeout, body_too_large
 from tollgate.wire.chat import chat_frames, conversation_json, parse_chat_request, usage_json
@@ -53,6 +53,7 @@ from tollgate.wire.openai import (
     openai_error_body,
     parse_completion_request,
 )
+from tollgate.wire.responses import ResponseEncoder, parse_responses_request, response_body
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "data" / "openapi.json"
@@ -154,8 +155,13 @@ class CompletionResponse:
     that times out and retries would otherwise pay for every abandoned generation).
     """
 
-    def __init__(self, stream: ReplyStream) -> None:
+    def __init__(
+        self,
+        stream: ReplyStream,
+        body: Callable[[ReplyStream, Outcome], dict[str, Any]] = completion_body,
+    ) -> None:
         self._stream = stream
+        self._body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream
@@ -170,7 +176,7 @@ class CompletionResponse:
             headers[CACHE_HEADER] = CACHE_HEADER_HIT
         failure = outcome.failure()
         if failure is None:
-            response = JSONResponse(completion_body(stream, outcome), headers=headers)
+            response = JSONResponse(self._body(stream, outcome), headers=headers)
         else:
             code, message = failure
             response = JSONResponse(
@@ -290,6 +296,33 @@ async def post_completions(request: Request) -> Response | SSEResponse | Complet
             keepalive_s=dependencies.sse_keepalive_s,
         )
     return CompletionResponse(stream)
+
+
+async def post_responses(request: Request) -> Response | SSEResponse | CompletionResponse:
+    """OpenAI's Responses API over Chat Completions upstream; the response id is
+    `resp_<request id>`, and the request id cancels it through /chat/{id}/cancel."""
+    try:
+        dependencies = deps(request)
+        payer = await authenticate(request)
+        parsed = parse_responses_request(await read_body(request))
+        stream = await dependencies.service.start_completion(
+            payer,
+            parsed.messages,
+            model=parsed.model,
+            max_tokens=parsed.max_tokens,
+            extra=billing_parameters(parsed.extra, dependencies.safety_identifier(payer.user_id)),
+        )
+    except GatewayError as error:
+        return openai_error_response(error)
+    if parsed.stream:
+        return SSEResponse(
+            stream,
+            ResponseEncoder(stream, parsed.echo).frames(),
+            keepalive_s=dependencies.sse_keepalive_s,
+        )
+    return CompletionResponse(
+        stream, lambda reply, outcome: response_body(reply, outcome, parsed.echo)
+    )
 
 
 async def list_models(request: Request) -> Response:
@@ -572,6 +605,7 @@ def create_app(
         Route("/conversations/{conversation_id}", get_conversation, methods=["GET"]),
         Route("/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
         Route("/v1/chat/completions", post_completions, methods=["POST"]),
+        Route("/v1/responses", post_responses, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
     ]
     return Starlette(

@@ -19,8 +19,15 @@ from typing import Any
 from tollgate import history
 from tollgate.budget import BudgetPolicy, Budgets, Payer, hold_for, iso_z
 from tollgate.cache import CACHE_OFF, CachePolicy, ReplyKeeper
-from tollgate.counting import Counts, PromptCounter, RecountExactly
+from tollgate.counting import (
+    Counts,
+    PromptCounter,
+    RecountExactly,
+    completion_prompt,
+    image_details,
+)
 from tollgate.errors import (
+    BadRequest,
     BudgetExceeded,
     ConversationLimit,
     DependencyUnavailable,
@@ -65,6 +72,15 @@ LEASE_MARGIN_S = 30.0
 CANCEL_SIGNAL_TTL_S = 24 * 3600
 # Hidden output a reasoning summary model is assumed to spend per fold (cost-aware history).
 SUMMARY_REASONING_ALLOWANCE = 256
+
+
+class UnsupportedInput(BadRequest):
+    """A /v1 request whose input the named model cannot take (OpenAI-shaped, with `param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = "invalid_request"
 
 
 def utc_now() -> datetime:
@@ -318,7 +334,7 @@ class ChatService:
         if model not in chain:
             raise UnknownModel(f"model {model!r} is not offered; use one of: {', '.join(chain)}")
         self.ledger.policy.plan_limits(payer.plan)
-        models = chain[chain.index(model) :]
+        models = self._models_for_images(chain[chain.index(model) :], image_details(messages))
         cache_key = None
         if cache_body is not None and self._replies is not None:
             cache_key = self.config.cache.completion_key(user_id=payer.user_id, body=cache_body)
@@ -338,13 +354,15 @@ class ChatService:
         counts: Counts,
         cache_key: str | None,
     ) -> ReplyStream:
-        prompt_tokens = counts.messages(models, messages)
+        prompt = completion_prompt(
+            counts, self._prices, models, messages, extra.get("tools"), extra.get("response_format")
+        )
         limit = self.config.max_input_tokens
-        if prompt_tokens > limit + PROMPT_FRAMING_TOKENS:
-            raise counts.refuse(TooLarge(f"prompt is {prompt_tokens} tokens; the limit is {limit}"))
+        if prompt.text > limit + PROMPT_FRAMING_TOKENS:
+            raise counts.refuse(TooLarge(f"prompt is {prompt.text} tokens; the limit is {limit}"))
         pending = self._pending(payer, max_tokens, models, None)
         hold, _, hit = await self._admit(
-            pending, prompt_tokens, counts, None, self._lookup(cache_key)
+            pending, prompt.bound, counts, None, self._lookup(cache_key)
         )
         if hit is not None:
             return self._replay(pending, hit, hold, None)
@@ -356,12 +374,21 @@ class ChatService:
             pending,
             hold,
             messages,
-            prompt_tokens,
+            prompt.bound,
             counts,
             extra=extra,
             reasoning_effort=effort if isinstance(effort, str) else None,
             keeper=self._keeper(cache_key),
+            beside_messages=prompt.beside_messages,
         )
+
+    def _models_for_images(self, models: tuple[str, ...], details: list[str]) -> tuple[str, ...]:
+        """With images, the chain keeps only the models that take them (the named one must)."""
+        if not details:
+            return models
+        if self._prices.image_token_bound(models[0], "auto") is None:
+            raise UnsupportedInput("messages", f"model {models[0]!r} does not take image input")
+        return tuple(m for m in models if self._prices.image_token_bound(m, "auto") is not None)
 
     def _pending(
         self, payer: Payer, max_tokens: int | None, models: tuple[str, ...], prompt: str | None
@@ -501,10 +528,14 @@ class ChatService:
         extra: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
         keeper: ReplyKeeper | None = None,
+        beside_messages: int = 0,
     ) -> ChatStream:
-        """Call upstream once the request is admitted; a refusal there gives everything back."""
+        """Call upstream once the request is admitted; a refusal there gives everything back.
+
+        `beside_messages`: prompt tokens upstream bills that are not in the messages' text
+        (tool definitions, images), already counted by the caller."""
         record = pending.record
-        prompt_tokens = counts.messages(pending.models, messages)
+        prompt_tokens = counts.messages(pending.models, messages) + beside_messages
         try:
             if prompt_tokens > prompt_bound:
                 # Only when the latest turn alone is longer than the history target.
@@ -545,7 +576,9 @@ class ChatService:
             hold=hold,
             ledger=self.ledger,
             meter=self._meter,
-            prompt=Prompt(messages, prompt_tokens if counts.exact else None, pending.cap),
+            prompt=Prompt(
+                messages, prompt_tokens if counts.exact else None, pending.cap, beside_messages
+            ),
             timing=pending.timing,
             turn=turn,
             cancel_requested=lambda: self._requests.is_cancelled(pending.request_id),

@@ -7,23 +7,40 @@ bound: `PromptCounter.attempt` runs it again on exact counts.
 
 Counts are taken for every model the request may reach, in each one's encoding, and the
 largest wins: a fallback to a model with a less efficient tokenizer is still covered.
+
+Messages that are not plain strings (/v1: lists of content parts, assistant `tool_calls`,
+`tool` results) are counted as text: text parts joined, anything structured as its JSON,
+plus a per-part and per-call allowance for the framing OpenAI puts around them. Image
+parts are not text: each reserves the model table's upper bound (tollgate.chat). Tool
+definitions (and a `response_format` schema) are injected into the prompt by upstream in
+its own rendering; their compact JSON is longer than that rendering (every key quoted,
+every brace spelled), and a per-definition allowance covers the wrapping around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tollgate.errors import GatewayError
 from tollgate.ports import Message, TokenCounter
+from tollgate.pricing import PriceTable
 
 T = TypeVar("T")
 # tiktoken's chat format: every message is framed by 3 tokens (4 with a name), and the
 # reply is primed with 3 more.
 MESSAGE_FRAMING_BOUND = 4
 REPLY_PRIMING = 3
+
+
+# Upper bounds of the framing around structured prompt pieces (tokens).
+CONTENT_PART_FRAMING_BOUND = 2  # a text part's boundary when parts are joined
+TOOL_CALL_FRAMING_BOUND = 16  # an assistant tool call around its name and arguments
+TOOL_DEFINITION_FRAMING_BOUND = 16  # one tool's wrapping (namespace, type line, braces)
+TOOLS_FRAMING_BOUND = 32  # the tools section's header and its system-message framing
 
 
 class RecountExactly(Exception):
@@ -35,12 +52,79 @@ def utf8_bound(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def countable(message: Message) -> dict[str, str]:
+    """The message as strings only, what a TokenCounter counts: text parts joined (image
+    parts left out, they are bounded apart), structured fields as their JSON."""
+    flat: dict[str, str] = {}
+    for key, value in message.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            flat[key] = value
+        elif key == "content" and isinstance(value, list):
+            flat[key] = "".join(
+                str(part.get("text") or part.get("refusal") or "")
+                for part in value
+                if isinstance(part, dict) and part.get("type") in ("text", "refusal")
+            )
+        else:
+            flat[key] = _compact_json(value)
+    return flat
+
+
+def structure_allowance(messages: Iterable[Message]) -> int:
+    """Framing tokens of content parts and tool calls beyond what their text counts."""
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            total += CONTENT_PART_FRAMING_BOUND * len(content)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            total += TOOL_CALL_FRAMING_BOUND * len(calls)
+    return total
+
+
+def image_details(messages: Iterable[Message]) -> list[str]:
+    """The `detail` of every image part of the messages (`auto` when not given)."""
+    details = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                detail = image.get("detail") if isinstance(image, dict) else None
+                details.append(detail if isinstance(detail, str) else "auto")
+    return details
+
+
+def definitions_text(tools: list[Any] | None, response_format: Any) -> tuple[str, int]:
+    """The tool definitions and response schema as counted text, and their framing bound."""
+    pieces: list[Any] = list(tools or [])
+    if isinstance(response_format, dict) and response_format.get("type") != "text":
+        pieces.append(response_format)
+    if not pieces:
+        return "", 0
+    framing = TOOLS_FRAMING_BOUND + TOOL_DEFINITION_FRAMING_BOUND * len(pieces)
+    return "".join(_compact_json(piece) for piece in pieces), framing
+
+
 def messages_bound(messages: Iterable[Message]) -> int:
     """At least count_messages() in any encoding: each string's bytes plus the framing."""
-    return REPLY_PRIMING + sum(
-        MESSAGE_FRAMING_BOUND
-        + sum(utf8_bound(value) for value in message.values() if isinstance(value, str))
-        for message in messages
+    listed = list(messages)
+    return (
+        REPLY_PRIMING
+        + structure_allowance(listed)
+        + sum(
+            MESSAGE_FRAMING_BOUND + sum(utf8_bound(value) for value in countable(message).values())
+            for message in listed
+        )
     )
 
 
@@ -59,12 +143,20 @@ class Counts:
         )
 
     def messages(self, models: Sequence[str], messages: list[Message]) -> int:
+        """The messages' prompt tokens (images apart): content parts and tool calls included."""
         if not self.exact:
             return messages_bound(messages)
-        return max(
-            self._tokens.count_messages(model, messages)
-            for model in _by_encoding(self._tokens, models)
+        flat = [countable(message) for message in messages]
+        return structure_allowance(messages) + max(
+            self._tokens.count_messages(model, flat) for model in _by_encoding(self._tokens, models)
         )
+
+    def definitions(
+        self, models: Sequence[str], tools: list[Any] | None, response_format: Any
+    ) -> int:
+        """An upper bound of the prompt tokens upstream injects for tools and a response schema."""
+        text, framing = definitions_text(tools, response_format)
+        return framing + self.text(models, text) if text else 0
 
     def refuse(self, error: GatewayError) -> Exception:
         """What to raise for a refusal: the error itself only when the counts were exact."""
@@ -124,3 +216,44 @@ class PromptCounter:
         if key not in self._system_tokens:
             self._system_tokens[key] = counts.text(models, text)
         return self._system_tokens[key]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionPrompt:
+    """A /v1 prompt's upper bound in its parts (tokens)."""
+
+    messages: int  # the messages' text, tool calls and results included
+    definitions: int  # tool definitions and a response schema
+    images: int  # each image at the most it may cost on any model the request may reach
+
+    @property
+    def text(self) -> int:
+        """What the input limit applies to: images are not text."""
+        return self.messages + self.definitions
+
+    @property
+    def beside_messages(self) -> int:
+        return self.definitions + self.images
+
+    @property
+    def bound(self) -> int:
+        return self.messages + self.definitions + self.images
+
+
+def completion_prompt(
+    counts: Counts,
+    prices: PriceTable,
+    models: Sequence[str],
+    messages: list[Message],
+    tools: list[Any] | None,
+    response_format: Any,
+) -> CompletionPrompt:
+    images = sum(
+        max(prices.image_token_bound(model, detail) or 0 for model in models)
+        for detail in image_details(messages)
+    )
+    return CompletionPrompt(
+        counts.messages(models, messages),
+        counts.definitions(models, tools, response_format),
+        images,
+    )

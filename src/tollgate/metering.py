@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollgate.counting import PromptCounter
+from tollgate.counting import Counts, PromptCounter
 from tollgate.observability import CostRecord
 from tollgate.ports import Amount, Message, UpstreamStream
 from tollgate.pricing import PriceTable
@@ -22,6 +22,7 @@ class Meter:
         prompt_tokens: int | None,
         messages: list[Message],
         cap: int,
+        beside_messages: int = 0,
     ) -> Amount:
         """Fill the record's usage and cost; the amount charged to the budget.
 
@@ -42,7 +43,9 @@ class Meter:
             await self.counter.loaded()  # counting below must not block the event loop
             tokens = self.counter.tokens
             record.usage_source = "estimated"
-            record.input_tokens = prompt_tokens or tokens.count_messages(model, messages)
+            record.input_tokens = prompt_tokens or (
+                Counts(True, tokens).messages([model], messages) + beside_messages
+            )
             if self.prices.is_reasoning(model):
                 record.output_tokens = cap
             else:

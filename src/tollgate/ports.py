@@ -281,8 +281,28 @@ class UpstreamUsage:
     reasoning_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """One fragment of a streamed tool call, as upstream sent it (OpenAI's `tool_calls` delta).
+
+    The first fragment of a call carries its `id`, `type` and function `name`; later ones
+    only `index` and a piece of `arguments`.
+    """
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+# What an upstream stream yields: text, or a fragment of a tool call (only when the
+# request offered tools: /chat never does, so its streams are text only).
+Delta = str | ToolCallDelta
+
+
 class UpstreamStream(Protocol):
-    """An upstream response whose status was 200; iterate for text deltas."""
+    """An upstream response whose status was 200; iterate for text and tool-call deltas."""
 
     model: str  # the configured name from the chain that answered
     upstream_model: str | None  # the snapshot upstream reported, once known
@@ -292,7 +312,7 @@ class UpstreamStream(Protocol):
     # model may think for a minute after it)
     answered_at: float
 
-    def deltas(self) -> AsyncIterator[str]: ...
+    def deltas(self) -> AsyncIterator[Delta]: ...
 
     async def aclose(self) -> None: ...
 

@@ -16,7 +16,7 @@ from tollgate.cache import replay_chunks
 from tollgate.counting import PromptCounter
 from tollgate.ledger import Hold, Ledger
 from tollgate.observability import CostRecord
-from tollgate.ports import CachedReply
+from tollgate.ports import CachedReply, Delta
 from tollgate.stream import Outcome, Timing
 from tollgate.turns import TurnWriter
 
@@ -79,6 +79,11 @@ class CachedReplyStream:
                 return
             if self._first_delta_at is None:
                 self._first_delta_at = time.monotonic()
+            yield chunk
+
+    async def events(self) -> AsyncGenerator[Delta, None]:
+        """/v1's deltas: a cached reply is text only (a tool call is never stored)."""
+        async for chunk in self.text():
             yield chunk
 
     async def finish_now(self) -> Outcome:

@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from tollgate.budget import Payer
 from tollgate.cache import ReplyKeeper
 from tollgate.ledger import Balance, Hold, Ledger
 from tollgate.metering import Meter
 from tollgate.observability import CostRecord
-from tollgate.ports import Message, UpstreamStream
+from tollgate.ports import Delta, Message, ToolCallDelta, UpstreamStream
 from tollgate.summaries import SummaryCharge
 from tollgate.turns import TurnWriter
 
@@ -55,6 +55,8 @@ class Outcome:
     summary: SummaryCharge | None = None
     # A cached reply: what producing it had cost (nothing was charged for it)
     saved_micros: int | None = None
+    # Tool calls assembled from their deltas, in OpenAI's message format (/v1 only)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def failure(self) -> tuple[str, str] | None:
         """(code, message) when the stream ended in failure after it started."""
@@ -81,6 +83,10 @@ class ReplyStream(Protocol):
 
     def text(self) -> AsyncGenerator[str, None]: ...
 
+    def events(self) -> AsyncGenerator[Delta, None]:
+        """Text and tool-call deltas (/v1); a cached reply is text only."""
+        ...
+
     async def finish_now(self) -> Outcome: ...
 
     async def aclose(self) -> None: ...
@@ -93,6 +99,7 @@ class Prompt:
     messages: list[Message]
     tokens: int | None
     cap: int  # the output cap sent upstream (reasoning included)
+    beside_messages: int = 0  # billed prompt tokens not in the messages (tools, images)
 
 
 class ChatStream:
@@ -129,6 +136,7 @@ class ChatStream:
         self._on_finished = on_finished
         self._keeper = keeper
         self._parts: list[str] = []
+        self._tool_calls: dict[int, dict[str, Any]] = {}
         self._stop_reason: str | None = None
         self._first_token_at: float | None = None
         self._finish_task: asyncio.Task[Outcome] | None = None
@@ -169,13 +177,22 @@ class ChatStream:
 
     async def text(self) -> AsyncGenerator[str, None]:
         """The reply's text deltas, as upstream produces them, until it ends or is stopped."""
+        async for delta in self.events():
+            if isinstance(delta, str):
+                yield delta
+
+    async def events(self) -> AsyncGenerator[Delta, None]:
+        """Text and tool-call deltas, as upstream produces them, until it ends or is stopped."""
         watchdog = asyncio.get_running_loop().create_task(self._watch())
         try:
-            async for text in self._upstream.deltas():
+            async for delta in self._upstream.deltas():
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
-                self._parts.append(text)
-                yield text
+                if isinstance(delta, str):
+                    self._parts.append(delta)
+                else:
+                    self._add_tool_call(delta)
+                yield delta
                 if self._stop_reason is not None:
                     break
         except Exception as exc:  # the upstream broke, or stop() closed it under us
@@ -184,6 +201,23 @@ class ChatStream:
                 self._record.error = str(exc)[:500]
         finally:
             watchdog.cancel()
+
+    def _add_tool_call(self, delta: ToolCallDelta) -> None:
+        call = self._tool_calls.setdefault(
+            delta.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if delta.id:
+            call["id"] = delta.id
+        if delta.type:
+            call["type"] = delta.type
+        if delta.name:
+            call["function"]["name"] += delta.name
+        if delta.arguments:
+            call["function"]["arguments"] += delta.arguments
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls received so far, whole, in their index order."""
+        return [self._tool_calls[index] for index in sorted(self._tool_calls)]
 
     async def _watch(self) -> None:
         """Stop at the deadline, or when another instance signals a cancel through DynamoDB."""
@@ -231,13 +265,19 @@ class ChatStream:
                 "upstream_close_failed", request_id=self.request_id, error=repr(exc)
             )
         reply = "".join(self._parts)
+        tool_calls = self.tool_calls()
+        # Cut short without usage, tool-call names and arguments are output produced too.
+        produced = reply + "".join(
+            call["function"]["name"] + call["function"]["arguments"] for call in tool_calls
+        )
         charged = await self._meter.charge(
             record,
             self._upstream,
-            reply=reply,
+            reply=produced,
             prompt_tokens=self._prompt.tokens,
             messages=self._prompt.messages,
             cap=self._prompt.cap,
+            beside_messages=self._prompt.beside_messages,
         )
         if self._first_token_at is not None:
             record.ttft_ms = round((self._first_token_at - self._timing.clock_start) * 1000, 1)
@@ -280,6 +320,7 @@ class ChatStream:
             record.cost_micros,
             balance,
             None if summary is None else summary.charge,
+            tool_calls=tool_calls,
         )
 
     async def _keep(self, outcome: str, reply: str) -> bool:

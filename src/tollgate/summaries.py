@@ -117,6 +117,8 @@ class Summariser:
                 )
                 record.models_tried = tried
                 async for text in stream.deltas():
+                    if not isinstance(text, str):
+                        continue  # a summary call offers no tools
                     if record.ttft_ms is None:
                         record.ttft_ms = round((time.monotonic() - clock_start) * 1000, 1)
                     parts.append(text)

@@ -119,8 +119,12 @@ def test_sdk_raises_the_matching_errors(gateway_factory, offline_model) -> None:
     [
         ({"model": "gpt-4o-mini", "messages": []}, "messages"),
         (
-            {"model": "gpt-4o-mini", "messages": [{"role": "tool", "content": "x"}]},
+            {"model": "gpt-4o-mini", "messages": [{"role": "function", "content": "x"}]},
             "messages[0].role",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
         ),
         ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
         (

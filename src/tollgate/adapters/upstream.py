@@ -37,7 +37,7 @@ from tollgate.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from tollgate.ports import Message, UpstreamUsage
+from tollgate.ports import Delta, Message, ToolCallDelta, UpstreamUsage
 from tollgate.pricing import CapParameter
 
 RETRIES_PER_MODEL = 1
@@ -107,7 +107,7 @@ class OpenAIStream:
         self.answered_at = answered_at
         self._response = response
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def deltas(self) -> AsyncIterator[Delta]:
         finished = False
         lines = self._response.iter_lines()
         try:
@@ -129,9 +129,12 @@ class OpenAIStream:
                 for choice in chunk.get("choices") or ():
                     if choice.get("finish_reason"):
                         self.finish_reason = choice["finish_reason"]
-                    content = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content")
                     if content:
                         yield content
+                    for call in delta.get("tool_calls") or ():
+                        yield _tool_call_delta(call)
         except (httpx2.HTTPError, openai.APIError, ValueError) as exc:
             raise UpstreamCut(f"upstream stream broke: {exc}") from exc
         if not finished:
@@ -141,6 +144,17 @@ class OpenAIStream:
     async def aclose(self) -> None:
         # Closing an unfinished response drops the connection: upstream sees the client leave.
         await self._response.close()
+
+
+def _tool_call_delta(call: Mapping[str, Any]) -> ToolCallDelta:
+    function = call.get("function") or {}
+    return ToolCallDelta(
+        index=int(call.get("index") or 0),
+        id=call.get("id"),
+        type=call.get("type"),
+        name=function.get("name"),
+        arguments=function.get("arguments"),
+    )
 
 
 def _usage(usage: Mapping[str, Any]) -> UpstreamUsage:

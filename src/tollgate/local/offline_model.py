@@ -2,7 +2,8 @@
 
 Used by `make run` without an API key, by demos, by the gateway's integration tests and
 by benchmarks. `POST /v1/chat/completions` answers in OpenAI's exact wire format, stream
-and non-stream; `GET /v1/models` lists the models it knows (`MODELS`).
+and non-stream; `GET /v1/models` lists the models it knows (`MODELS`). Tool calls, image
+parts and how structured prompts are billed: tollgate.local.offline_tools.
 
 Reasoning models (the GPT-5 family, o3, o4-mini and their dated snapshots) behave like
 OpenAI's: `max_tokens`, a `temperature` other than 1, `top_p`, penalties and logprobs are
@@ -56,6 +57,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.adapters.tokenizer import get_encoding, token_counter
+from tollgate.local.offline_tools import (
+    ImagesNotSupported,
+    ToolCall,
+    billed_prompt_tokens,
+    planned_tool_call,
+)
 
 
 @dataclass(frozen=True)
@@ -303,6 +310,7 @@ class _ChatRequest:
     reported_model: str
     reasoning: bool
     reasoning_effort: ReasoningEffort | None
+    prompt_tokens: int
 
 
 def _unsupported_parameter(name: str) -> _InvalidRequest:
@@ -384,6 +392,15 @@ def parse_chat_request(raw: bytes) -> _ChatRequest:
         raise _InvalidRequest("Invalid 'stream_options': expected an object.", "stream_options")
     max_completion_tokens = _optional_positive_int(body, "max_completion_tokens")
     max_tokens = _optional_positive_int(body, "max_tokens")
+    tools = body.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools)
+    ):
+        raise _InvalidRequest("Invalid 'tools': expected an array of tools.", "tools")
+    try:
+        prompt_tokens = billed_prompt_tokens(model, body)
+    except ImagesNotSupported as exc:
+        raise _InvalidRequest(str(exc), "messages", "invalid_image_content") from None
     reported_model, reasoning = model_facts(model)
     if reasoning:
         reasoning_effort = _check_reasoning_parameters(body)
@@ -401,6 +418,7 @@ def parse_chat_request(raw: bytes) -> _ChatRequest:
         reported_model=reported_model,
         reasoning=reasoning,
         reasoning_effort=reasoning_effort,
+        prompt_tokens=prompt_tokens,
     )
 
 
@@ -495,10 +513,18 @@ class _Completion:
     first_token_delay_s: float
     chunk_interval_s: float
     cut_after_chunks: int | None
+    tool_call: ToolCall | None = None
 
     @property
     def content(self) -> str:
         return "".join(self.reply.token_texts[: self.visible_tokens])
+
+    def message(self) -> dict[str, Any]:
+        if self.tool_call is None:
+            return {"role": "assistant", "content": self.content, "refusal": None}
+        call = self.tool_call.as_message()
+        call["function"]["arguments"] = self.content  # cut short at the cap, if it was
+        return {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
 
     def json_body(self) -> bytes:
         completion = {
@@ -509,7 +535,7 @@ class _Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.content, "refusal": None},
+                    "message": self.message(),
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                 }
@@ -533,7 +559,8 @@ class _Completion:
         )
         usage_field = b',"usage":null' if include_usage else b""
         tail = b',"logprobs":null,"finish_reason":null}]' + usage_field + b"}\n\n"
-        role = head + b'{"role":"assistant","content":"","refusal":null}' + tail
+        opening = b'""' if self.tool_call is None else b"null"
+        role = head + b'{"role":"assistant","content":' + opening + b',"refusal":null}' + tail
         content = [
             head + delta + tail for delta in self.reply.content_deltas[: self.visible_tokens]
         ]
@@ -741,13 +768,19 @@ class OfflineModel:
 
     def _complete(self, chat: _ChatRequest, rule: FaultRule | None) -> _Completion:
         counter = token_counter()
-        prompt_tokens = counter.count_messages(chat.model, chat.messages)
+        prompt_tokens = chat.prompt_tokens
         seed = messages_seed(chat.messages)
-        length = self.config.reply_tokens or natural_reply_length(seed)
-        reply = _reply(seed, length, counter.encoding(chat.model).name)
+        tool_call = planned_tool_call(chat.body, seed, chat.model)
+        if tool_call is None:
+            length = self.config.reply_tokens or natural_reply_length(seed)
+            reply = _reply(seed, length, counter.encoding(chat.model).name)
+            finish_reason = "stop"
+        else:
+            # One output token per delta: the call's head (its name), then its arguments.
+            reply = _Reply(("", *tool_call.argument_pieces), tuple(tool_call.deltas()))
+            finish_reason = "tool_calls"
         reasoning_tokens, reasoning_silence_s = self._reasoning(chat, rule)
         visible_tokens = len(reply.token_texts)
-        finish_reason = "stop"
         # The cap bounds reasoning + visible tokens; reached while reasoning, nothing shows.
         if chat.max_tokens is not None and chat.max_tokens < reasoning_tokens + visible_tokens:
             reasoning_tokens = min(reasoning_tokens, chat.max_tokens)
@@ -775,6 +808,7 @@ class OfflineModel:
             first_token_delay_s=first_token_delay_s,
             chunk_interval_s=chunk_interval_s,
             cut_after_chunks=rule.cut_after_chunks if rule and rule.kind == "cut" else None,
+            tool_call=tool_call,
         )
 
     @staticmethod

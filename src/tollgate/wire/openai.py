@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: OpenAI's wire format over the same budgets, caps and records.
 
 Stateless: the caller owns the whole prompt (system messages included). Requests are
-validated here, and replies are encoded as OpenAI's chunks or completion object.
+validated here (tool definitions, tool calls and results, content parts, response formats:
+enough to answer a malformed one with OpenAI's 400 and its `param`), and replies are
+encoded as OpenAI's chunks or completion object, tool calls included.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate.errors import BadRequest, GatewayError
+from tollgate.ports import ToolCallDelta
 from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire import sse
 from tollgate.wire.body import json_object
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+IMAGE_DETAILS = frozenset({"auto", "low", "high"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 # Sampling and format parameters forwarded to upstream as they are.
 PASS_THROUGH = frozenset(
     {
@@ -28,6 +34,9 @@ PASS_THROUGH = frozenset(
         "frequency_penalty",
         "seed",
         "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
         "logit_bias",
         "reasoning_effort",
         "verbosity",
@@ -40,14 +49,11 @@ PASS_THROUGH = frozenset(
 PRICED_SERVICE_TIERS = frozenset({"auto", "default"})
 # Set by the gateway whatever the client sends (see billing_parameters); `user` is dropped.
 GATEWAY_OWNED = frozenset({"store", "user", "safety_identifier"})
-# Parameters whose replies are not text deltas: refused rather than silently dropped.
+# Parameters whose replies the gateway cannot encode or bound: refused, not dropped.
 UNSUPPORTED = frozenset(
     {
-        "tools",
-        "tool_choice",
         "functions",
         "function_call",
-        "parallel_tool_calls",
         "logprobs",
         "top_logprobs",
         "audio",
@@ -113,22 +119,85 @@ def failure_status(code: str) -> int:
     return 504 if code == "timeout" else 502
 
 
-def _message_text(index: int, content: Any) -> str:
+def one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """`value in allowed`, for any JSON value (a list or an object is unhashable)."""
+    return isinstance(value, str) and value in allowed
+
+
+def _text_parts(param: str, parts: list[Any], allowed: frozenset[str]) -> list[dict[str, Any]]:
+    clean = []
+    for number, part in enumerate(parts):
+        where = f"{param}[{number}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind not in allowed:
+            raise InvalidParameter(
+                f"{where}.type", f"content part type must be one of {', '.join(sorted(allowed))}"
+            )
+        assert isinstance(part, dict)
+        if kind == "image_url":
+            clean.append({"type": "image_url", "image_url": _image(f"{where}.image_url", part)})
+            continue
+        text = part.get(kind)
+        if not isinstance(text, str):
+            raise InvalidParameter(f"{where}.{kind}", f"a {kind} part needs `{kind}`")
+        clean.append({"type": kind, kind: text})
+    return clean
+
+
+def _image(param: str, part: dict[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
+        raise InvalidParameter(f"{param}.url", "an image part needs `image_url.url`")
+    detail = image.get("detail", "auto")
+    if not one_of(detail, IMAGE_DETAILS):
+        raise InvalidParameter(f"{param}.detail", "detail must be one of auto, high, low")
+    return {"url": image["url"], "detail": detail}
+
+
+def _content(index: int, role: str, message: dict[str, Any]) -> str | list[dict[str, Any]] | None:
+    param = f"messages[{index}].content"
+    content = message.get("content")
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidParameter(
-                    f"messages[{index}].content", "only text content parts are supported"
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise InvalidParameter(f"messages[{index}].content", "text parts need `text`")
-            texts.append(text)
-        return "".join(texts)
-    raise InvalidParameter(f"messages[{index}].content", "content must be a string")
+    if content is None and role == "assistant" and message.get("tool_calls"):
+        return None
+    if isinstance(content, list) and content:
+        allowed = {
+            "user": frozenset({"text", "image_url"}),
+            "assistant": frozenset({"text", "refusal"}),
+        }
+        return _text_parts(param, content, allowed.get(role, frozenset({"text"})))
+    raise InvalidParameter(param, "content must be a string or a non-empty array of parts")
+
+
+def _tool_calls(index: int, raw: Any) -> list[dict[str, Any]]:
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list) or not raw:
+        raise InvalidParameter(param, "`tool_calls` must be a non-empty array")
+    calls = []
+    for number, call in enumerate(raw):
+        where = f"{param}[{number}]"
+        if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+            raise InvalidParameter(f"{where}.id", "each tool call needs an `id`")
+        if call.get("type", "function") != "function":
+            raise InvalidParameter(f"{where}.type", "only function tool calls are supported")
+        function = call.get("function")
+        if (
+            not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise InvalidParameter(
+                f"{where}.function", "a tool call needs `function.name` and `function.arguments`"
+            )
+        calls.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": function["arguments"]},
+            }
+        )
+    return calls
 
 
 def _messages(raw: Any) -> list[dict[str, Any]]:
@@ -143,17 +212,82 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             raise InvalidParameter(
                 f"messages[{index}].role", f"role must be one of {', '.join(sorted(ROLES))}"
             )
-        clean: dict[str, Any] = {
-            "role": role,
-            "content": _message_text(index, message.get("content")),
-        }
+        clean: dict[str, Any] = {"role": role, "content": _content(index, role, message)}
         name = message.get("name")
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise InvalidParameter(f"messages[{index}].name", "name must be a string")
             clean["name"] = name
+        if role == "assistant" and message.get("tool_calls") is not None:
+            clean["tool_calls"] = _tool_calls(index, message["tool_calls"])
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidParameter(
+                    f"messages[{index}].tool_call_id", "a tool message needs `tool_call_id`"
+                )
+            clean["tool_call_id"] = call_id
         messages.append(clean)
     return messages
+
+
+def _tools(raw: Any) -> None:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidParameter("tools", "`tools` must be a non-empty array")
+    for index, tool in enumerate(raw):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise InvalidParameter(f"tools[{index}].type", "only function tools are supported")
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidParameter(f"tools[{index}].function.name", "a tool needs a name")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidParameter(
+                f"tools[{index}].function.parameters", "`parameters` must be a JSON schema object"
+            )
+
+
+def _tool_choice(raw: Any) -> None:
+    if isinstance(raw, str) and raw in TOOL_CHOICES:
+        return
+    if (
+        isinstance(raw, dict)
+        and raw.get("type") == "function"
+        and isinstance(raw.get("function"), dict)
+        and isinstance(raw["function"].get("name"), str)
+    ):
+        return
+    raise InvalidParameter(
+        "tool_choice", "`tool_choice` must be none, auto, required or a named function"
+    )
+
+
+def _response_format(raw: Any) -> None:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if not one_of(kind, RESPONSE_FORMATS):
+        raise InvalidParameter(
+            "response_format.type", "response_format type must be text, json_object or json_schema"
+        )
+    if kind == "json_schema":
+        schema = raw.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+            raise InvalidParameter("response_format.json_schema", "json_schema needs a `name`")
+        if schema.get("schema") is not None and not isinstance(schema["schema"], dict):
+            raise InvalidParameter(
+                "response_format.json_schema.schema", "`schema` must be a JSON schema object"
+            )
+
+
+def check_tool_parameters(payload: dict[str, Any]) -> None:
+    if payload.get("tools") is not None:
+        _tools(payload["tools"])
+    if payload.get("tool_choice") is not None:
+        _tool_choice(payload["tool_choice"])
+    parallel = payload.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidParameter("parallel_tool_calls", "`parallel_tool_calls` must be a boolean")
+    if payload.get("response_format") is not None:
+        _response_format(payload["response_format"])
 
 
 def _positive_int(payload: dict[str, Any], name: str) -> int | None:
@@ -180,6 +314,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     unsupported = sorted(UNSUPPORTED.intersection(payload))
     if unsupported:
         raise InvalidParameter(unsupported[0], f"`{unsupported[0]}` is not supported by Tollgate")
+    check_tool_parameters(payload)
     n = payload.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise InvalidParameter("n", "only n=1 is supported")
@@ -208,7 +343,11 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         stream=stream,
         include_usage=include_usage,
         max_tokens=min(caps) if caps else None,
-        extra={key: value for key, value in payload.items() if key in PASS_THROUGH},
+        extra={
+            key: value
+            for key, value in payload.items()
+            if key in PASS_THROUGH and value is not None
+        },
         body=payload,
     )
 
@@ -287,8 +426,20 @@ class CompletionEncoder:
                 }
             ]
         )
-        async for text in stream.text():
-            yield self._content_prefix + json.dumps(text).encode() + self._content_suffix
+        async for delta in stream.events():
+            if isinstance(delta, str):
+                yield self._content_prefix + json.dumps(delta).encode() + self._content_suffix
+            else:
+                yield self._chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"tool_calls": [tool_call_delta(delta)]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
         outcome = await stream.finish_now()
         failure = outcome.failure()
         if failure is None:
@@ -309,11 +460,39 @@ class CompletionEncoder:
         yield sse.DONE
 
 
+def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's `tool_calls[]` delta entry: only the fields upstream sent in this fragment."""
+    entry: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None:
+        entry["id"] = delta.id
+    if delta.type is not None:
+        entry["type"] = delta.type
+    function = {
+        key: value
+        for key, value in (("name", delta.name), ("arguments", delta.arguments))
+        if value is not None
+    }
+    if function:
+        entry["function"] = function
+    return entry
+
+
 async def collect(stream: ReplyStream) -> Outcome:
     """A non-stream reply: upstream still streams, so cancel and timeouts work the same."""
-    async for _ in stream.text():
+    async for _ in stream.events():
         pass
     return await stream.finish_now()
+
+
+def _message(outcome: Outcome) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": outcome.text if outcome.text or not outcome.tool_calls else None,
+        "refusal": None,
+    }
+    if outcome.tool_calls:
+        message["tool_calls"] = outcome.tool_calls
+    return message
 
 
 def completion_body(stream: ReplyStream, outcome: Outcome) -> dict[str, Any]:
@@ -325,7 +504,7 @@ def completion_body(stream: ReplyStream, outcome: Outcome) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": outcome.text, "refusal": None},
+                "message": _message(outcome),
                 "logprobs": None,
                 "finish_reason": _finish_reason(outcome),
             }
