@@ -239,9 +239,13 @@ class TestScheduledRun:
             "reasoning_tokens": 0,
             "cost_usd": 0.5,
             "by_model": {
-                "gpt-4o": {"requests": 1, "input_tokens": 10, "output_tokens": 5, "reasoning_tokens": 0, "cost_usd": 0.2},
+                "gpt-4o": {
+                    "requests": 1, "input_tokens": 10, "output_tokens": 5,
+                    "reasoning_tokens": 0, "cost_usd": 0.2,
+                },
                 "gpt-4o-mini": {
-                    "requests": 1, "input_tokens": 100, "output_tokens": 20, "reasoning_tokens": 0, "cost_usd": 0.3,
+                    "requests": 1, "input_tokens": 100, "output_tokens": 20,
+                    "reasoning_tokens": 0, "cost_usd": 0.3,
                 },
             },
             "by_outcome": {"cancelled": 1, "completed": 1},
@@ -249,7 +253,8 @@ class TestScheduledRun:
             "saved_usd": 0.0,
             "by_prompt": {
                 "default": {
-                    "requests": 2, "input_tokens": 110, "output_tokens": 25, "reasoning_tokens": 0, "cost_usd": 0.5,
+                    "requests": 2, "input_tokens": 110, "output_tokens": 25,
+                    "reasoning_tokens": 0, "cost_usd": 0.5,
                 },
             },
             "top_users": [
@@ -257,7 +262,10 @@ class TestScheduledRun:
                 {"user_id": "alice", "cost_usd": 0.2, "tokens": 15},
             ],
             "by_team": {
-                "acme": {"requests": 1, "input_tokens": 100, "output_tokens": 20, "reasoning_tokens": 0, "cost_usd": 0.3},
+                "acme": {
+                    "requests": 1, "input_tokens": 100, "output_tokens": 20,
+                    "reasoning_tokens": 0, "cost_usd": 0.3,
+                },
             },
             "skipped_lines": 2,
         }  # fmt: skip

@@ -258,12 +258,17 @@ def test_per_minute_rate_limit_refuses_before_anything_is_charged(
 ) -> None:
     now = [datetime(2026, 3, 1, 12, 0, 45, tzinfo=UTC)]
     with gateway_factory(clock=lambda: now[0], rate_limit_per_minute=2) as gateway:
-        statuses = [gateway.chat("Hi").status_code for _ in range(2)]
-        used = gateway.usage()["tokens_used"]
+        admitted = [gateway.chat("Hi") for _ in range(2)]
+        statuses = [response.status_code for response in admitted]
+        used = sum(
+            event["input_tokens"] + event["output_tokens"]
+            for event in (usage_event(response) for response in admitted)
+        )
         limited = gateway.chat("One too many")
-        after = gateway.usage()["tokens_used"]
         other_user = gateway.chat("Hi", user_id="bob")
         now[0] = datetime(2026, 3, 1, 12, 1, 0, tzinfo=UTC)
+        # (GET /usage counts in the rate limit too: read it in the next minute)
+        after = gateway.usage()["tokens_used"]
         next_minute = gateway.chat("Hi again")
 
     assert statuses == [200, 200]
