@@ -120,7 +120,8 @@ GatewayFactory = Callable[..., Gateway]
 def gateway_factory(
     moto_endpoint: str, table_names: dict[str, str], offline_model: OfflineModelClient
 ) -> Callable[..., Any]:
-    from tollgate.app import build_dependencies, create_app
+    from tollgate.app import create_app
+    from tollgate.dependencies import build_dependencies
     from tollgate.observability import CostRecorder, build_logger
 
     @contextmanager

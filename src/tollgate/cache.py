@@ -164,3 +164,45 @@ class ReplyKeeper:
             self._on_error(exc)
             return False
         return True
+
+
+class ResponseCache:
+    """The cache as a chat request uses it: a lookup (any error is a miss) and a keeper per
+    key. Without a store (the cache off) it finds nothing and keeps nothing."""
+
+    def __init__(
+        self,
+        replies: ReplyCache | None,
+        policy: CachePolicy,
+        *,
+        clock: Callable[[], datetime],
+        warn: Callable[[str, Exception], None],
+    ) -> None:
+        self._replies = replies
+        self._policy = policy
+        self._clock = clock
+        self._warn = warn
+
+    @property
+    def enabled(self) -> bool:
+        return self._replies is not None
+
+    async def lookup(self, key: str | None) -> CachedReply | None:
+        if key is None or self._replies is None:
+            return None
+        try:
+            return await self._replies.get(key, int(self._clock().timestamp()))
+        except Exception as exc:  # an unreadable cache is a miss
+            self._warn("cache_lookup_failed", exc)
+            return None
+
+    def keeper(self, key: str | None) -> ReplyKeeper | None:
+        if key is None or self._replies is None:
+            return None
+        return ReplyKeeper(
+            self._replies,
+            self._policy,
+            key,
+            clock=self._clock,
+            on_error=lambda exc: self._warn("cache_store_failed", exc),
+        )

@@ -13,12 +13,13 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tollgate import history
-from tollgate.budget import BudgetPolicy, Budgets, Payer, hold_for, iso_z
-from tollgate.cache import CACHE_OFF, CachePolicy, ReplyKeeper
+from tollgate.budget import BudgetPolicy, Payer, hold_for, iso_z
+from tollgate.cache import ReplyKeeper, ResponseCache
+from tollgate.chat_config import ChatConfig, ChatRequest, utc_now
 from tollgate.counting import (
     Counts,
     PromptCounter,
@@ -27,7 +28,6 @@ from tollgate.counting import (
     image_details,
 )
 from tollgate.errors import (
-    BadRequest,
     BudgetExceeded,
     ConversationLimit,
     DependencyUnavailable,
@@ -60,7 +60,6 @@ from tollgate.pricing import ModelPrice, PriceTable
 from tollgate.prompts import PromptLibrary
 from tollgate.replay import CachedReplyStream
 from tollgate.request_ids import RequestIds
-from tollgate.settings import Settings
 from tollgate.stream import ChatStream, Prompt, ReplyStream, Timing
 from tollgate.summaries import Summariser
 from tollgate.turns import TurnWriter
@@ -70,49 +69,6 @@ PROMPT_FRAMING_TOKENS = 3 * 3 + 3
 # Enough time after the stream's deadline to settle, store and summarise.
 LEASE_MARGIN_S = 30.0
 CANCEL_SIGNAL_TTL_S = 24 * 3600
-# Hidden output a reasoning summary model is assumed to spend per fold (cost-aware history).
-SUMMARY_REASONING_ALLOWANCE = 256
-
-
-class UnsupportedInput(BadRequest):
-    """A /v1 request whose input the named model cannot take (OpenAI-shaped, with `param`)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = "invalid_request"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """POST /chat, validated (tollgate.wire.chat parses it)."""
-
-    message: str
-    conversation_id: str | None = None
-    prompt: str = "default"
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChatConfig:
-    model_chain: tuple[str, ...]
-    summary_model: str
-    max_output_tokens: int
-    max_input_tokens: int
-    budgets: Budgets
-    conversation_token_limit: int
-    history_token_target: int
-    stream_timeout_s: float
-    summary_timeout_s: float
-    openai_timeout_s: float
-    cancel_poll_s: float
-    rate_limit_per_minute: int
-    reasoning_effort: str | None = "low"  # sent to reasoning models on /chat
-    cache: CachePolicy = CACHE_OFF
 
 
 @dataclass(slots=True)
@@ -159,7 +115,12 @@ class ChatService:
         self._prices = prices
         self._prompts = prompts
         self._clock = clock
-        self._replies = replies if config.cache.enabled else None
+        self._cache = ResponseCache(
+            replies if config.cache.enabled else None,
+            config.cache,
+            clock=clock,
+            warn=lambda message, exc: self.ledger.warning(message, error=repr(exc)),
+        )
         chain_prices = [prices.price(model) for model in config.model_chain]
         typical = hold_for(config.history_token_target, config.max_output_tokens, chain_prices)
         self.ledger = Ledger(
@@ -261,7 +222,7 @@ class ChatService:
             seconds=config.stream_timeout_s + config.openai_timeout_s + LEASE_MARGIN_S
         )
         cache_key = None
-        if use_cache and self._replies is not None and request.conversation_id is None:
+        if use_cache and self._cache.enabled and request.conversation_id is None:
             cache_key = config.cache.chat_key(
                 user_id=payer.user_id,
                 prompt_name=request.prompt,
@@ -282,7 +243,7 @@ class ChatService:
                 token_limit=config.conversation_token_limit,
                 now=pending.timing.started_at,
             ),
-            self._lookup(cache_key),
+            self._cache.lookup(cache_key),
         )
         assert state is not None
         pending.record.conversation_id = state.conversation_id
@@ -294,7 +255,9 @@ class ChatService:
             summariser=self._summariser,
             tokens=self.counter.tokens,
             history_token_target=config.history_token_target,
-            fold_economics=self._fold_economics,
+            fold_economics=lambda answered_by: history.FoldEconomics.for_reply(
+                self._prices, answered_by, config.model_chain[0], config.summary_model
+            ),
             ledger=self.ledger,
             clock=self._clock,
         )
@@ -313,7 +276,7 @@ class ChatService:
             counts,
             turn=turn,
             reasoning_effort=config.reasoning_effort,
-            keeper=self._keeper(cache_key),
+            keeper=self._cache.keeper(cache_key),
         )
 
     async def start_completion(
@@ -334,9 +297,11 @@ class ChatService:
         if model not in chain:
             raise UnknownModel(f"model {model!r} is not offered; use one of: {', '.join(chain)}")
         self.ledger.policy.plan_limits(payer.plan)
-        models = self._models_for_images(chain[chain.index(model) :], image_details(messages))
+        models = chain[chain.index(model) :]
+        if image_details(messages):
+            models = self._prices.taking_images(models)
         cache_key = None
-        if cache_body is not None and self._replies is not None:
+        if cache_body is not None and self._cache.enabled:
             cache_key = self.config.cache.completion_key(user_id=payer.user_id, body=cache_body)
         return await self.counter.attempt(
             lambda counts: self._start_completion(
@@ -362,7 +327,7 @@ class ChatService:
             raise counts.refuse(TooLarge(f"prompt is {prompt.text} tokens; the limit is {limit}"))
         pending = self._pending(payer, max_tokens, models, None)
         hold, _, hit = await self._admit(
-            pending, prompt.bound, counts, None, self._lookup(cache_key)
+            pending, prompt.bound, counts, None, self._cache.lookup(cache_key)
         )
         if hit is not None:
             return self._replay(pending, hit, hold, None)
@@ -378,17 +343,9 @@ class ChatService:
             counts,
             extra=extra,
             reasoning_effort=effort if isinstance(effort, str) else None,
-            keeper=self._keeper(cache_key),
+            keeper=self._cache.keeper(cache_key),
             beside_messages=prompt.beside_messages,
         )
-
-    def _models_for_images(self, models: tuple[str, ...], details: list[str]) -> tuple[str, ...]:
-        """With images, the chain keeps only the models that take them (the named one must)."""
-        if not details:
-            return models
-        if self._prices.image_token_bound(models[0], "auto") is None:
-            raise UnsupportedInput("messages", f"model {models[0]!r} does not take image input")
-        return tuple(m for m in models if self._prices.image_token_bound(m, "auto") is not None)
 
     def _pending(
         self, payer: Payer, max_tokens: int | None, models: tuple[str, ...], prompt: str | None
@@ -440,7 +397,9 @@ class ChatService:
         state = loaded if isinstance(loaded, ConversationState) else None
         if isinstance(hit, CachedReply) and not isinstance(loaded, BaseException):
             if hold is None:
-                await self._count_refused_hit(pending, admitted)
+                await self.ledger.count_refused_hit(
+                    pending.payer, pending.request_id, pending.timing.started_at, admitted
+                )
             return hold, state, hit
         if hold is not None and not isinstance(loaded, BaseException):
             return hold, state, None
@@ -466,39 +425,6 @@ class ChatService:
             self.ledger.record(record, pending.timing.clock_start)
         assert isinstance(admitted, BaseException)
         raise admitted
-
-    async def _count_refused_hit(self, pending: _Pending, refusal: object) -> None:
-        """A cache hit whose budget hold was refused: the rate limit still counts it."""
-        if not isinstance(refusal, BudgetExceeded):
-            assert isinstance(refusal, BaseException)
-            raise refusal  # rate limited, or the budget store is unavailable
-        if refusal.scope == "user" and refusal.window == "day":
-            # The user's day account refused, and with it the write that counts the rate.
-            await self.ledger.count_request(
-                pending.payer, pending.request_id, pending.timing.started_at
-            )
-        # Otherwise the user's day account (every hold's first line) counted it before the
-        # refusing account gave the holds back.
-
-    async def _lookup(self, key: str | None) -> CachedReply | None:
-        if key is None or self._replies is None:
-            return None
-        try:
-            return await self._replies.get(key, int(self._clock().timestamp()))
-        except Exception as exc:  # an unreadable cache is a miss
-            self.ledger.warning("cache_lookup_failed", error=repr(exc))
-            return None
-
-    def _keeper(self, key: str | None) -> ReplyKeeper | None:
-        if key is None or self._replies is None:
-            return None
-        return ReplyKeeper(
-            self._replies,
-            self.config.cache,
-            key,
-            clock=self._clock,
-            on_error=lambda exc: self.ledger.warning("cache_store_failed", error=repr(exc)),
-        )
 
     def _replay(
         self, pending: _Pending, hit: CachedReply, hold: Hold | None, turn: TurnWriter | None
@@ -598,38 +524,8 @@ class ChatService:
         if isinstance(results[0], Exception):
             self.ledger.error("release_failed", request_id=request_id, error=repr(results[0]))
 
-    def _fold_economics(self, model: str) -> history.FoldEconomics:
-        """What folding costs and saves for a reply from `model` (cost-aware history)."""
-        summary_model = self.config.summary_model
-        return history.FoldEconomics.from_prices(
-            self._prices.price_for(model, self.config.model_chain[0]),
-            self._prices.price(summary_model),
-            summary_reasoning_tokens=(
-                SUMMARY_REASONING_ALLOWANCE if self._prices.is_reasoning(summary_model) else 0
-            ),
-        )
-
     def _forget(self, stream: ChatStream) -> None:
         self._active.pop(stream.request_id, None)
-
-
-def config_from_settings(settings: Settings) -> ChatConfig:
-    return ChatConfig(
-        model_chain=tuple(settings.model_chain),
-        summary_model=settings.summary_model,
-        max_output_tokens=settings.max_output_tokens,
-        max_input_tokens=settings.max_input_tokens,
-        budgets=settings.budget_config,
-        conversation_token_limit=settings.conversation_token_limit,
-        history_token_target=settings.history_token_target,
-        stream_timeout_s=settings.stream_timeout_s,
-        summary_timeout_s=settings.summary_timeout_s,
-        openai_timeout_s=settings.openai_timeout_s,
-        cancel_poll_s=settings.cancel_poll_s,
-        rate_limit_per_minute=settings.rate_limit_per_minute,
-        reasoning_effort=settings.reasoning_effort,
-        cache=CachePolicy(ttl_s=settings.cache_ttl_s, scope=settings.cache_scope),
-    )
 
 
 async def _none() -> None:

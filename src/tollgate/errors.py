@@ -28,6 +28,15 @@ class BadRequest(GatewayError):
     status, code = 400, "bad_request"
 
 
+class InvalidParameter(BadRequest):
+    """A 400 in OpenAI's style: it names the parameter at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = "invalid_request"
+
+
 class Unauthenticated(GatewayError):
     status, code = 401, "unauthenticated"
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tollgate.ports import Message, Turn
-from tollgate.pricing import ModelPrice
+from tollgate.pricing import ModelPrice, PriceTable
 
 CountMessages = Callable[[list[Message]], int]
 """Prompt tokens of these messages in the chat format, reply priming included."""
@@ -31,6 +31,8 @@ SUMMARY_FRAMING = (
 )
 # After a fold, verbatim turns take at most this share of the target ...
 LOW_WATER_SHARE = 0.5
+# Hidden output a reasoning summary model is assumed to spend per fold.
+SUMMARY_REASONING_ALLOWANCE = 256
 # ... and the summary at most this share, which leaves a quarter of the target to grow
 # into before the next fold.
 SUMMARY_SHARE = 0.25
@@ -53,6 +55,19 @@ class FoldEconomics:
     summary_request_tokens: int = 300
     # Hidden reasoning a reasoning summary model bills as output on every call.
     summary_reasoning_tokens: int = 0
+
+    @classmethod
+    def for_reply(
+        cls, prices: PriceTable, answered_by: str, configured: str, summary_model: str
+    ) -> FoldEconomics:
+        """For a reply from `answered_by` (priced as `configured` when the table lacks it)."""
+        return cls.from_prices(
+            prices.price_for(answered_by, configured),
+            prices.price(summary_model),
+            summary_reasoning_tokens=(
+                SUMMARY_REASONING_ALLOWANCE if prices.is_reasoning(summary_model) else 0
+            ),
+        )
 
     @classmethod
     def from_prices(

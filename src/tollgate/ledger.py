@@ -154,6 +154,19 @@ class Ledger:
         except RateWindowFull as exc:
             raise self._rate_limited(started_at) from exc
 
+    async def count_refused_hit(
+        self, payer: Payer, request_id: str, started_at: datetime, refusal: object
+    ) -> None:
+        """A cache hit whose budget hold was refused: the rate limit still counts it."""
+        if not isinstance(refusal, BudgetExceeded):
+            assert isinstance(refusal, BaseException)
+            raise refusal  # rate limited, or the budget store is unavailable
+        if refusal.scope == "user" and refusal.window == "day":
+            # The user's day account refused, and with it the write that counts the rate.
+            await self.count_request(payer, request_id, started_at)
+        # Otherwise the user's day account (every hold's first line) counted it before the
+        # refusing account gave the holds back.
+
     def _rate_limited(self, at: datetime) -> RateLimited:
         return RateLimited(
             f"more than {self._rate_limit} requests in a minute", retry_after=60 - at.second

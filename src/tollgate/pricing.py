@@ -13,6 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from tollgate.errors import InvalidParameter
+
 DEFAULT_MODEL_TABLE = Path(__file__).resolve().parent / "data" / "models.json"
 
 CapParameter = Literal["max_completion_tokens", "max_tokens"]
@@ -158,6 +160,12 @@ class PriceTable:
         if reported is not None and self.base_model(reported) is not None:
             return self.price(reported)
         return self.price(configured)
+
+    def taking_images(self, models: tuple[str, ...]) -> tuple[str, ...]:
+        """The models of a chain that take images; the first (the one named) must."""
+        if self.image_token_bound(models[0], "auto") is None:
+            raise InvalidParameter("messages", f"model {models[0]!r} does not take image input")
+        return tuple(m for m in models if self.image_token_bound(m, "auto") is not None)
 
     def require(self, models: list[str] | tuple[str, ...]) -> None:
         missing = [model for model in models if self.base_model(model) is None]

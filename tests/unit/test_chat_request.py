@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tollgate.chat import ChatRequest
+from tollgate.chat_config import ChatRequest
 from tollgate.errors import BadRequest, GatewayError, InvalidRequest, TooLarge
 from tollgate.wire.chat import parse_chat_request
 

@@ -12,7 +12,8 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from tollgate import errors
-from tollgate.app import OPENAPI_DOCUMENT, Dependencies, create_app
+from tollgate.app import OPENAPI_DOCUMENT, create_app
+from tollgate.dependencies import Dependencies
 from tollgate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

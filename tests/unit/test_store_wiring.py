@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conversation_steps import ALICE, begin, make_turn
-from tollgate.app import memory_stores
+from tollgate.dependencies import memory_stores
 from tollgate.errors import NotFound
 from tollgate.settings import Settings
 

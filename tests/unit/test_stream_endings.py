@@ -19,9 +19,10 @@ from tollgate.adapters.memory_store import (
     MemoryUsageStore,
 )
 from tollgate.adapters.tokenizer import token_counter
-from tollgate.app import SSEResponse
+from tollgate.asgi import SSEResponse
 from tollgate.budget import Budgets, Payer, WindowLimits
-from tollgate.chat import ChatConfig, ChatRequest, ChatService
+from tollgate.chat import ChatService
+from tollgate.chat_config import ChatConfig, ChatRequest
 from tollgate.observability import CostRecorder, build_logger
 from tollgate.ports import Limits, UpstreamUsage
 from tollgate.pricing import price_table

@@ -145,7 +145,8 @@ def model_endpoint(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
 
 def invoke_function_url(event: Mapping[str, Any], *, out: IO[bytes], err: IO[str]) -> int:
     """Serve the gateway, send it the adapter's request for `event`, print what it streams."""
-    from tollgate.app import build_dependencies, create_app
+    from tollgate.app import create_app
+    from tollgate.dependencies import build_dependencies
     from tollgate.observability import CostRecorder, build_logger
     from tollgate.settings import Settings
 

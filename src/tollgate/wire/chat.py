@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from tollgate.budget import iso_z, next_reset, resets_at
-from tollgate.chat import ChatRequest
+from tollgate.chat_config import ChatRequest
 from tollgate.errors import InvalidRequest
 from tollgate.ledger import Balance
 from tollgate.ports import BudgetCounters, ConversationView, Limits, Window

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tollgate.errors import BadRequest, GatewayError
+from tollgate.errors import GatewayError, InvalidParameter
 from tollgate.ports import ToolCallDelta
 from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire import sse
@@ -74,15 +74,6 @@ ERROR_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-
-
-class InvalidParameter(BadRequest):
-    """A 400 in OpenAI's style: it names the parameter at fault."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = "invalid_request"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tollgate.errors import InvalidParameter
 from tollgate.ports import ToolCallDelta
 from tollgate.stream import Outcome, ReplyStream
 from tollgate.wire.body import json_object
-from tollgate.wire.openai import (
-    IMAGE_DETAILS,
-    InvalidParameter,
-    check_tool_parameters,
-    one_of,
-)
+from tollgate.wire.openai import IMAGE_DETAILS, check_tool_parameters, one_of
 
 INPUT_ROLES = frozenset({"user", "system", "developer", "assistant"})
 # Parameters forwarded to the chat completion as they are.
