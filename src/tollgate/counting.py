@@ -1,4 +1,4 @@
-"""Prompt token counts: exact, or byte-length upper bounds while the encodings load.
+"""Prompt token counts: exact, or byte-length upper bounds while an encoding is not loaded.
 
 A cold instance does not make its first requests wait for tiktoken (~0.3 s of CPU per
 encoding): it counts with upper bounds (every token is at least one byte) and settles
@@ -6,7 +6,9 @@ to what upstream reports. A request that a bound would refuse is never refused o
 bound: `PromptCounter.attempt` runs it again on exact counts.
 
 Counts are taken for every model the request may reach, in each one's encoding, and the
-largest wins: a fallback to a model with a less efficient tokenizer is still covered.
+largest wins: a fallback to a model with a less efficient tokenizer is still covered. A
+fallback model's encoding (tens of MB) is loaded only when a count must be exact; until
+then its byte bound stands in, which over-holds and settles to what upstream reports.
 
 Messages that are not plain strings (/v1: lists of content parts, assistant `tool_calls`,
 `tool` results) are counted as text: text parts joined, anything structured as its JSON,
@@ -128,27 +130,48 @@ def messages_bound(messages: Iterable[Message]) -> int:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class Counts:
-    """The counting mode of one attempt at a request."""
+    """The counts of one attempt at a request.
 
-    exact: bool
-    _tokens: TokenCounter
+    With `exact`, each model's encoding counts exactly once it is loaded; an encoding not
+    loaded yet (a fallback model's, which a process loads only when it must) counts with
+    byte bounds instead. Without, everything is a byte bound (a cold instance). `exact`
+    stays true only while no bound was used: a refusal decided on a bound is retried.
+    """
+
+    __slots__ = ("_tokens", "_use_encodings", "exact")
+
+    def __init__(self, exact: bool, tokens: TokenCounter) -> None:
+        self._tokens = tokens
+        self._use_encodings = exact
+        self.exact = exact
+
+    def _largest(self, models: Sequence[str], exact: Callable[[str], int], bound: int) -> int:
+        if not self._use_encodings:
+            return bound
+        largest = 0
+        for model in _by_encoding(self._tokens, models):
+            if self._tokens.is_loaded(model):
+                largest = max(largest, exact(model))
+            else:
+                self.exact = False
+                largest = max(largest, bound)
+        return largest
 
     def text(self, models: Sequence[str], text: str) -> int:
-        if not self.exact:
-            return utf8_bound(text)
-        return max(
-            self._tokens.count_text(model, text) for model in _by_encoding(self._tokens, models)
+        return self._largest(
+            models, lambda model: self._tokens.count_text(model, text), utf8_bound(text)
         )
 
     def messages(self, models: Sequence[str], messages: list[Message]) -> int:
         """The messages' prompt tokens (images apart): content parts and tool calls included."""
-        if not self.exact:
+        if not self._use_encodings:
             return messages_bound(messages)
         flat = [countable(message) for message in messages]
-        return structure_allowance(messages) + max(
-            self._tokens.count_messages(model, flat) for model in _by_encoding(self._tokens, models)
+        return structure_allowance(messages) + self._largest(
+            models,
+            lambda model: self._tokens.count_messages(model, flat),
+            messages_bound(messages) - structure_allowance(messages),
         )
 
     def definitions(
@@ -172,33 +195,42 @@ def _by_encoding(tokens: TokenCounter, models: Sequence[str]) -> list[str]:
 
 
 class PromptCounter:
+    """Loads encodings off the event loop, each when first needed: the first model's after a
+    cold instance's first reply, a fallback model's only when a count must be exact."""
+
     def __init__(self, tokens: TokenCounter, models: Sequence[str], *, lazy_encoding: bool) -> None:
         """`models`: every model this process may count for; `lazy_encoding`: start on bounds."""
         self.tokens = tokens
         self._models = _by_encoding(tokens, models)
         self._lazy = lazy_encoding
-        self._warming: asyncio.Future[None] | None = None
+        self._loading: dict[str, asyncio.Future[int]] = {}
         self._system_tokens: dict[tuple[tuple[str, ...], str], int] = {}
 
     def ready(self) -> bool:
-        if self._warming is not None:
-            return self._warming.done()
-        return not self._lazy or all(self.tokens.is_loaded(model) for model in self._models)
+        """Whether the first model's encoding counts without a wait."""
+        loading = self._loading.get(self.tokens.encoding_name(self._models[0]))
+        if loading is not None:
+            return loading.done()
+        return not self._lazy or self.tokens.is_loaded(self._models[0])
 
     def counts(self) -> Counts:
         return Counts(self.ready(), self.tokens)
 
-    async def loaded(self) -> None:
-        """Wait until exact counts are cheap: the encodings load in a thread, once."""
-        if self.ready():
-            return
-        if self._warming is None:
-            self._warming = asyncio.ensure_future(asyncio.to_thread(self._load_all))
-        await asyncio.shield(self._warming)
-
-    def _load_all(self) -> None:
-        for model in self._models:
-            self.tokens.count_text(model, "warm")
+    async def loaded(self, model: str | None = None) -> None:
+        """Wait until `model`'s encoding (None: every encoding) is loaded, in a thread, once."""
+        models = self._models if model is None else [model]
+        waiting = []
+        for name in models:
+            encoding = self.tokens.encoding_name(name)
+            if encoding not in self._loading:
+                if self.tokens.is_loaded(name):
+                    continue
+                self._loading[encoding] = asyncio.ensure_future(
+                    asyncio.to_thread(self.tokens.count_text, name, "warm")
+                )
+            waiting.append(self._loading[encoding])
+        if waiting:
+            await asyncio.shield(asyncio.gather(*waiting))
 
     async def attempt(self, run: Callable[[Counts], Awaitable[T]]) -> T:
         """Run a request's checks on the counts at hand; a refusal on bounds runs it exactly."""
@@ -209,13 +241,18 @@ class PromptCounter:
             return await run(Counts(True, self.tokens))
 
     def system_prompt(self, counts: Counts, models: Sequence[str], name: str, text: str) -> int:
-        """A system prompt's tokens, cached per prompt once exact."""
-        if not counts.exact:
-            return utf8_bound(text)
+        """A system prompt's tokens, cached per prompt once counted exactly."""
         key = (tuple(models), name)
-        if key not in self._system_tokens:
-            self._system_tokens[key] = counts.text(models, text)
-        return self._system_tokens[key]
+        cached = self._system_tokens.get(key)
+        if cached is not None:
+            return cached
+        probe = Counts(counts.exact, self.tokens)
+        tokens = probe.text(models, text)
+        if probe.exact:
+            self._system_tokens[key] = tokens
+        else:
+            counts.exact = False
+        return tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,7 +105,9 @@ class CachedReplyStream:
         writer = self._turn
         turn = None
         if writer is not None:
-            await self._counter.loaded()  # counting the turn must not block the loop
+            await self._counter.loaded(
+                self._reply.model
+            )  # counting the turn must not block the loop
             # the whole reply is in the store, so the turn is complete however the replay ended
             turn = writer.turn_for("completed", self._reply.text, self._reply.model, record)
         _, stored = await asyncio.gather(

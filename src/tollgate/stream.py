@@ -287,7 +287,9 @@ class ChatStream:
         turn_writer = self._turn
         turn = None
         if turn_writer is not None:
-            await self._meter.counter.loaded()  # counting the turn must not block the loop
+            await self._meter.counter.loaded(
+                self._upstream.model
+            )  # counting the turn must not block the loop
             turn = turn_writer.turn_for(outcome, reply, self._upstream.model, record)
         settled, stored, _ = await asyncio.gather(
             settling,

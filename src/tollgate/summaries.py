@@ -81,7 +81,7 @@ class Summariser:
         messages = history.summary_request_messages(
             self._instructions, conversation.summary, plan.fold
         )
-        await self._meter.counter.loaded()
+        await self._meter.counter.loaded(model)
         prompt_tokens = self._meter.counter.tokens.count_messages(model, messages)
         record = CostRecord(
             request_id=request_id,

@@ -46,7 +46,7 @@ def usage_of(response) -> dict:
 def test_first_request_reserves_a_byte_bound_and_settles_exactly(gateway, offline_model) -> None:
     # Given an instance whose encoding is still loading
     gate = EncodingGate()
-    gateway.service.counter._warming = gate
+    gateway.service.counter._loading["o200k_base"] = gate
     offline_model.set_config(reply_tokens=30, chunk_interval_s=0.02)
 
     # When a request arrives, Then it streams without waiting for the encoding
@@ -74,7 +74,7 @@ def test_a_refusal_on_a_byte_bound_waits_for_exact_counts(gateway_factory, offli
     message = "東京の天気" * 60  # 900 bytes, far fewer tokens
     with gateway_factory(daily_token_limit=700, max_output_tokens=20) as gateway:
         gate = EncodingGate()
-        gateway.service.counter._warming = gate
+        gateway.service.counter._loading["o200k_base"] = gate
         threading.Timer(0.3, gate.open).start()
 
         # When it arrives before the encoding loaded
@@ -94,7 +94,7 @@ def test_a_real_refusal_is_decided_on_exact_counts(gateway_factory, offline_mode
     # Given a budget too small for the request however it is counted
     with gateway_factory(daily_token_limit=30) as gateway:
         gate = EncodingGate()
-        gateway.service.counter._warming = gate
+        gateway.service.counter._loading["o200k_base"] = gate
         threading.Timer(0.2, gate.open).start()
 
         response = gateway.chat("Hello")
