@@ -143,9 +143,9 @@ def operating_cost(
 
 
 def template_memory_mb(template: Path = REPO / "template.yaml") -> int:
-    """The chat function's MemorySize in the SAM template."""
+    """The chat function's MemorySize in the SAM template (its ChatMemorySize default)."""
     text = template.read_text(encoding="utf-8")
-    match = re.search(r"ChatFunction:.*?MemorySize: (\d+)", text, re.DOTALL)
+    match = re.search(r"ChatMemorySize:.*?Default: (\d+)", text, re.DOTALL)
     if match is None:
-        raise ValueError(f"no MemorySize for ChatFunction in {template}")
+        raise ValueError(f"no ChatMemorySize default in {template}")
     return int(match.group(1))

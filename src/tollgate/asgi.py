@@ -17,7 +17,8 @@ from tollgate.cache import (
     CACHE_HEADER,
     CACHE_HEADER_HIT,
 )
-from tollgate.stream import Outcome, ReplyStream
+from tollgate.ports import ReplyStream
+from tollgate.stream import Outcome
 from tollgate.wire import sse
 from tollgate.wire.chat import chat_frames
 from tollgate.wire.openai import (

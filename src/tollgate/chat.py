@@ -51,6 +51,7 @@ from tollgate.ports import (
     ConversationView,
     Message,
     ReplyCache,
+    ReplyStream,
     RequestRegistry,
     TokenCounter,
     Upstream,
@@ -60,7 +61,7 @@ from tollgate.pricing import ModelPrice, PriceTable
 from tollgate.prompts import PromptLibrary
 from tollgate.replay import CachedReplyStream
 from tollgate.request_ids import RequestIds
-from tollgate.stream import ChatStream, Prompt, ReplyStream, Timing
+from tollgate.stream import ChatStream, Prompt, Timing
 from tollgate.summaries import Summariser
 from tollgate.turns import TurnWriter
 

@@ -5,10 +5,18 @@ Each has one real adapter (tollgate.adapters) and fakes in the tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.type_defs import MetricDatumTypeDef
+
+    from tollgate.adapters.rollup_store import DayRollup
+    from tollgate.aggregation.rollups import LogEvent, Rollup
+    from tollgate.aggregation.windows import Window as AggregationWindow
+    from tollgate.stream import Outcome
 
 Message = dict[str, Any]
 
@@ -354,3 +362,61 @@ class TokenCounter(Protocol):
     def count_text(self, model: str, text: str) -> int: ...
 
     def count_messages(self, model: str, messages: Iterable[Mapping[str, object]]) -> int: ...
+
+
+# ---------------------------------------------------------------- the reply on the wire
+
+
+class ReplyStream(Protocol):
+    """What the wire formats stream: an upstream reply (ChatStream) or a cached one."""
+
+    cached: bool
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def conversation_id(self) -> str | None: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def text(self) -> AsyncGenerator[str, None]: ...
+
+    def events(self) -> AsyncGenerator[Delta, None]:
+        """Text and tool-call deltas (/v1); a cached reply is text only."""
+        ...
+
+    async def finish_now(self) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ---------------------------------------------------------------- the cost aggregator
+
+
+class CostEventSource(Protocol):
+    def read(self, window: AggregationWindow) -> Iterator[LogEvent]: ...
+
+
+class RollupRepository(Protocol):
+    def put_window(self, rollup: Rollup) -> None: ...
+    def put_day(self, day: DayRollup) -> None: ...
+    def get_windows(
+        self, windows: Iterable[AggregationWindow]
+    ) -> dict[AggregationWindow, Rollup]: ...
+
+
+class SettledSpend(Protocol):
+    def settled_micros(self, day: str) -> int: ...
+
+
+class GlobalSettledSpend(Protocol):
+    def settled_micros(self, day: str) -> int | None: ...
+
+
+class MetricSink(Protocol):
+    def accepts(self, window: AggregationWindow, now: datetime | None = None) -> bool: ...
+    def publish(self, data: list[MetricDatumTypeDef]) -> None: ...

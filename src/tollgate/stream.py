@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from tollgate.budget import Payer
 from tollgate.cache import ReplyKeeper
@@ -63,33 +63,6 @@ class Outcome:
         if self.outcome not in FAILURE_MESSAGES:
             return None
         return self.outcome, FAILURE_MESSAGES[self.outcome]
-
-
-class ReplyStream(Protocol):
-    """What the wire formats stream: an upstream reply (ChatStream) or a cached one."""
-
-    cached: bool
-
-    @property
-    def request_id(self) -> str: ...
-
-    @property
-    def conversation_id(self) -> str | None: ...
-
-    @property
-    def model(self) -> str: ...
-
-    def stop(self, reason: str) -> None: ...
-
-    def text(self) -> AsyncGenerator[str, None]: ...
-
-    def events(self) -> AsyncGenerator[Delta, None]:
-        """Text and tool-call deltas (/v1); a cached reply is text only."""
-        ...
-
-    async def finish_now(self) -> Outcome: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,16 @@ rollup_store.py, rollup_metrics.py implement them); handler.py wires the real on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
 from tollgate.adapters.rollup_metrics import reconciliation_metric_data, window_metric_data
 from tollgate.adapters.rollup_store import DayRollup
 from tollgate.aggregation.rollups import (
-    LogEvent,
     Reconciliation,
     Rollup,
     aggregate,
@@ -29,35 +28,16 @@ from tollgate.aggregation.rollups import (
     reconciliation_windows,
 )
 from tollgate.aggregation.windows import Window, day_windows, next_day
+from tollgate.ports import (
+    CostEventSource,
+    GlobalSettledSpend,
+    MetricSink,
+    RollupRepository,
+    SettledSpend,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch.type_defs import MetricDatumTypeDef
-
-
-# ---------------------------------------------------------------------------- ports
-
-
-class CostEventSource(Protocol):
-    def read(self, window: Window) -> Iterator[LogEvent]: ...
-
-
-class RollupRepository(Protocol):
-    def put_window(self, rollup: Rollup) -> None: ...
-    def put_day(self, day: DayRollup) -> None: ...
-    def get_windows(self, windows: Iterable[Window]) -> dict[Window, Rollup]: ...
-
-
-class SettledSpend(Protocol):
-    def settled_micros(self, day: str) -> int: ...
-
-
-class GlobalSettledSpend(Protocol):
-    def settled_micros(self, day: str) -> int | None: ...
-
-
-class MetricSink(Protocol):
-    def accepts(self, window: Window, now: datetime | None = None) -> bool: ...
-    def publish(self, data: list[MetricDatumTypeDef]) -> None: ...
 
 
 # ---------------------------------------------------------------------------- service

@@ -11,9 +11,9 @@ from tollgate.budget import iso_z, next_reset, resets_at
 from tollgate.chat_config import ChatRequest
 from tollgate.errors import InvalidRequest
 from tollgate.ledger import Balance
-from tollgate.ports import BudgetCounters, ConversationView, Limits, Window
+from tollgate.ports import BudgetCounters, ConversationView, Limits, ReplyStream, Window
 from tollgate.pricing import micros_to_usd
-from tollgate.stream import Outcome, ReplyStream
+from tollgate.stream import Outcome
 from tollgate.wire import sse
 from tollgate.wire.body import json_object
 

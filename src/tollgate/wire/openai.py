@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate.errors import GatewayError, InvalidParameter
-from tollgate.ports import ToolCallDelta
-from tollgate.stream import Outcome, ReplyStream
+from tollgate.ports import ReplyStream, ToolCallDelta
+from tollgate.stream import Outcome
 from tollgate.wire import sse
 from tollgate.wire.body import json_object
 

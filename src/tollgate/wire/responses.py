@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollgate.errors import InvalidParameter
-from tollgate.ports import ToolCallDelta
-from tollgate.stream import Outcome, ReplyStream
+from tollgate.ports import ReplyStream, ToolCallDelta
+from tollgate.stream import Outcome
 from tollgate.wire.body import json_object
 from tollgate.wire.openai import IMAGE_DETAILS, check_tool_parameters, one_of
 
