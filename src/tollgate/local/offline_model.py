@@ -4,6 +4,8 @@ Used by `make run` without an API key, by demos, by the gateway's integration te
 by benchmarks. `POST /v1/chat/completions` answers in OpenAI's exact wire format, stream
 and non-stream; `GET /v1/models` lists the models it knows (`MODELS`). Tool calls, image
 parts and how structured prompts are billed: tollgate.local.offline_tools.
+`POST /v1/responses` answers OpenAI's Responses API with the same generation, reasoning,
+faults and request log (an unknown model: 404); its shapes: tollgate.local.offline_responses.
 
 Reasoning models (the GPT-5 family, o3, o4-mini and their dated snapshots) behave like
 OpenAI's: `max_tokens`, a `temperature` other than 1, `top_p`, penalties and logprobs are
@@ -20,8 +22,9 @@ Tests steer it over HTTP:
 - `POST /_offline/faults` appends fault rules (one object or a list), `GET` lists them,
   `DELETE` clears them. See `FaultRule`.
 - `POST /_offline/config` updates the defaults (`OfflineModelConfig`), `GET` returns them.
-- `GET /_offline/requests` lists one record per chat request received (`DELETE` clears),
-  with the request `body` as received and how it ended: `completed`,
+- `GET /_offline/requests` lists one record per chat or responses request received
+  (`DELETE` clears), with its `api` (`chat.completions` or `responses`), the request `body`
+  as received, the `messages` it was answered as and how it ended: `completed`,
   `client_disconnected`, `fault_status`, `cut`, `hung` (the client gave up on a hung
   request) or `invalid_request` (`in_progress` while it runs).
 
@@ -57,6 +60,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.adapters.tokenizer import get_encoding, token_counter
+from tollgate.local.offline_responses import (
+    RESPONSES_PARAMS,
+    InvalidResponsesRequest,
+    ResponseRendering,
+    chat_body,
+)
 from tollgate.local.offline_tools import (
     ImagesNotSupported,
     ToolCall,
@@ -126,6 +135,7 @@ SENTENCE_LENGTHS = (6, 16)
 
 FaultKind = Literal["status", "slow", "cut", "hang"]
 ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+Api = Literal["chat.completions", "responses"]
 
 
 def model_facts(requested: str) -> tuple[str, bool]:
@@ -292,11 +302,14 @@ def _reply(seed: int, length: int, encoding_name: str) -> _Reply:
 
 
 class _InvalidRequest(Exception):
-    def __init__(self, message: str, param: str | None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, param: str | None, code: str | None = None, status: int = 400
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -365,13 +378,18 @@ def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_chat_request(raw: bytes) -> _ChatRequest:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
         raise _InvalidRequest("The request body is not valid JSON.", None) from None
     if not isinstance(body, dict):
         raise _InvalidRequest("The request body must be a JSON object.", None)
+    return body
+
+
+def parse_chat_request(raw: bytes) -> _ChatRequest:
+    body = _json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _InvalidRequest("You must provide a model parameter.", "model")
@@ -420,6 +438,31 @@ def parse_chat_request(raw: bytes) -> _ChatRequest:
         reasoning_effort=reasoning_effort,
         prompt_tokens=prompt_tokens,
     )
+
+
+def parse_responses_request(raw: bytes) -> _ChatRequest:
+    """A `/v1/responses` request as the chat request it is answered as."""
+    body = _json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _InvalidRequest("You must provide a model parameter.", "model")
+    if DATED_SUFFIX.sub("", model) not in MODELS:
+        raise _InvalidRequest(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            "model",
+            "model_not_found",
+            status=404,
+        )
+    try:
+        chat = chat_body(body)
+    except InvalidResponsesRequest as exc:
+        raise _InvalidRequest(exc.message, exc.param) from None
+    try:
+        return parse_chat_request(json.dumps(chat).encode())
+    except _InvalidRequest as exc:
+        param = RESPONSES_PARAMS.get(exc.param or "", exc.param)
+        message = exc.message.replace(f"'{exc.param}'", f"'{param}'")
+        raise _InvalidRequest(message, param, exc.code) from None
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -680,11 +723,18 @@ class OfflineModel:
         self.request_log.clear()
         return Response(status_code=204)
 
-    # the chat completions endpoint
+    # the chat completions and responses endpoints
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "chat.completions")
+
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "responses")
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, api: Api) -> None:
         request = Request(scope, receive)
         record: dict[str, Any] = {
+            "api": api,
             "id": None,
             "model": None,
             "messages": None,
@@ -702,22 +752,22 @@ class OfflineModel:
         }
         self.request_log.append(record)
         try:
-            await self._answer(request, receive, send, record)
+            await self._answer(request, receive, send, record, api)
         finally:
             record["ended_at"] = time.time()
 
     async def _answer(
-        self, request: Request, receive: Receive, send: Send, record: dict[str, Any]
+        self, request: Request, receive: Receive, send: Send, record: dict[str, Any], api: Api
     ) -> None:
         raw = await request.body()
         with suppress(ValueError):
             record["body"] = json.loads(raw)
         try:
-            chat = parse_chat_request(raw)
+            chat = parse_responses_request(raw) if api == "responses" else parse_chat_request(raw)
         except _InvalidRequest as exc:
-            record.update(outcome="invalid_request", status=400)
-            error = openai_error(400, exc.message, param=exc.param, code=exc.code)
-            await JSONResponse(error, status_code=400)(request.scope, receive, send)
+            record.update(outcome="invalid_request", status=exc.status)
+            error = openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
+            await JSONResponse(error, status_code=exc.status)(request.scope, receive, send)
             return
         record.update(
             model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens, stream=chat.stream
@@ -732,7 +782,7 @@ class OfflineModel:
             await _until_disconnect(receive)
             record["outcome"] = "hung"
             return
-        completion = self._complete(chat, rule)
+        completion = self._complete(chat, rule, "resp_" if api == "responses" else "chatcmpl-")
         usage = completion.usage
         record.update(
             id=completion.id,
@@ -741,10 +791,17 @@ class OfflineModel:
             completion_tokens=usage["completion_tokens"],
             reasoning_tokens=usage["completion_tokens_details"]["reasoning_tokens"],
         )
-        if chat.stream:
-            sending = self._send_stream(send, completion, chat.include_usage, record)
+        if api == "responses":
+            rendering = _responses_rendering(record["body"], chat, completion)
+            if chat.stream:
+                sending = self._send_stream(send, completion, rendering.stream_events(), record)
+            else:
+                sending = self._send_json(send, completion, rendering.json_body())
+        elif chat.stream:
+            events = completion.stream_events(chat.include_usage)
+            sending = self._send_stream(send, completion, events, record)
         else:
-            sending = self._send_json(send, completion)
+            sending = self._send_json(send, completion, completion.json_body())
         try:
             disconnected = await _run_until_disconnect(receive, sending)
         except _InjectedCut:
@@ -766,7 +823,7 @@ class OfflineModel:
                 silence_s = rule.reasoning_silence_s
         return tokens, silence_s
 
-    def _complete(self, chat: _ChatRequest, rule: FaultRule | None) -> _Completion:
+    def _complete(self, chat: _ChatRequest, rule: FaultRule | None, id_prefix: str) -> _Completion:
         counter = token_counter()
         prompt_tokens = chat.prompt_tokens
         seed = messages_seed(chat.messages)
@@ -795,7 +852,7 @@ class OfflineModel:
             if rule.chunk_interval_s is not None:
                 chunk_interval_s = rule.chunk_interval_s
         return _Completion(
-            id="chatcmpl-" + secrets.token_urlsafe(21).replace("-", "x").replace("_", "y"),
+            id=id_prefix + secrets.token_urlsafe(21).replace("-", "x").replace("_", "y"),
             created=int(time.time()),
             reported_model=chat.reported_model,
             reply=reply,
@@ -813,9 +870,12 @@ class OfflineModel:
 
     @staticmethod
     async def _send_stream(
-        send: Send, completion: _Completion, include_usage: bool, record: dict[str, Any]
+        send: Send,
+        completion: _Completion,
+        events: tuple[bytes, list[bytes], bytes],
+        record: dict[str, Any],
     ) -> None:
-        role, content, ending = completion.stream_events(include_usage)
+        role, content, ending = events
         cut_after = completion.cut_after_chunks
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send(_body(role))
@@ -837,7 +897,7 @@ class OfflineModel:
         await send(_body(ending, more_body=False))
 
     @staticmethod
-    async def _send_json(send: Send, completion: _Completion) -> None:
+    async def _send_json(send: Send, completion: _Completion, body: bytes) -> None:
         generation_s = (
             completion.reasoning_silence_s
             + completion.first_token_delay_s
@@ -845,12 +905,28 @@ class OfflineModel:
         )
         if generation_s:
             await asyncio.sleep(generation_s)
-        body = completion.json_body()
         await send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
         if completion.cut_after_chunks is not None:
             await send(_body(body[: len(body) // 2]))
             raise _InjectedCut("injected cut in a non-stream response")
         await send(_body(body, more_body=False))
+
+
+def _responses_rendering(
+    request: Mapping[str, Any], chat: _ChatRequest, completion: _Completion
+) -> ResponseRendering:
+    effort = (chat.reasoning_effort or DEFAULT_REASONING_EFFORT) if chat.reasoning else None
+    return ResponseRendering(
+        id=completion.id,
+        created_at=completion.created,
+        model=completion.reported_model,
+        request=request,
+        pieces=completion.reply.token_texts[: completion.visible_tokens],
+        tool_call=completion.tool_call,
+        incomplete=completion.finish_reason == "length",
+        reasoning_effort=effort,
+        chat_usage=completion.usage,
+    )
 
 
 class _AsgiEndpoint:
@@ -881,6 +957,7 @@ def create_app(config: OfflineModelConfig | None = None) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", _AsgiEndpoint(model.chat_completions), methods=["POST"]),
+        Route("/v1/responses", _AsgiEndpoint(model.responses), methods=["POST"]),
         Route("/v1/models", model.list_models, methods=["GET"]),
         Route("/health", model.health, methods=["GET"]),
         Route("/_offline/faults", model.list_faults, methods=["GET"]),
