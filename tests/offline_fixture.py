@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from openai import AsyncOpenAI
 
 from tests.servers import serve
 
@@ -70,3 +71,19 @@ def offline_model(offline_model_url: str) -> Iterator[OfflineModelClient]:
         yield client
     finally:
         client.close()
+
+
+# An SDK client and a raw HTTP client of the offline model server (no retries: each test
+# sees exactly what the server answered).
+@pytest.fixture
+async def client(offline_model: OfflineModelClient) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(
+        base_url=offline_model.openai_base_url, api_key="x", max_retries=0
+    ) as openai_client:
+        yield openai_client
+
+
+@pytest.fixture
+async def http(offline_model: OfflineModelClient) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=offline_model.url, timeout=5.0) as http_client:
+        yield http_client

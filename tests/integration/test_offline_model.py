@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -25,20 +24,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Tell me about rivers."},
 ]
-
-
-@pytest.fixture
-async def client(offline_model: OfflineModelClient) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(
-        base_url=offline_model.openai_base_url, api_key="x", max_retries=0
-    ) as openai_client:
-        yield openai_client
-
-
-@pytest.fixture
-async def http(offline_model: OfflineModelClient) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=offline_model.url, timeout=5.0) as http_client:
-        yield http_client
 
 
 def chat_body(**overrides: Any) -> dict[str, Any]:

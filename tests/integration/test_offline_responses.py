@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -33,20 +32,6 @@ WEATHER_TOOL: FunctionToolParam = {
     },
     "strict": None,
 }
-
-
-@pytest.fixture
-async def client(offline_model: OfflineModelClient) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(
-        base_url=offline_model.openai_base_url, api_key="x", max_retries=0
-    ) as openai_client:
-        yield openai_client
-
-
-@pytest.fixture
-async def http(offline_model: OfflineModelClient) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=offline_model.url, timeout=5.0) as http_client:
-        yield http_client
 
 
 async def test_non_stream_text_is_the_chat_reply_as_a_response_object(
