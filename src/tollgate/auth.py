@@ -1,4 +1,8 @@
-"""Identity: who is calling. JWT (HS256 secret or a JWKS URL) or a trusted IAM backend."""
+"""Identity: who is calling. JWT (HS256 secret or a JWKS URL) or a trusted IAM backend.
+
+PyJWT (and the `cryptography` package it brings) is imported only in JWKS mode: a shared
+secret's HS256 tokens are verified by tollgate.hs256.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import jwt
-
+from tollgate import hs256
 from tollgate.errors import Unauthenticated
 
+if TYPE_CHECKING:
+    import jwt
+
 LEEWAY_S = 30
+REQUIRED_CLAIMS = ("exp", "sub")
 # The algorithms a token's header may name; the key then fixes which one verifies it.
 ACCEPTED_ALGORITHMS = frozenset({"HS256", "RS256", "ES256"})
 # A token may not expire later than this from now (JWT_MAX_LIFETIME_S): a leaked token with
@@ -63,6 +71,8 @@ class Authenticator:
         if mode == "jwt" and self._jwks is None and self._jwt.jwks_url:
             # The key set is cached for 10 minutes; an unknown kid (a rotation) refetches it at
             # most once a second, and a removed kid stops working with the next fetch.
+            import jwt
+
             self._jwks = jwt.PyJWKClient(
                 self._jwt.jwks_url,
                 cache_keys=False,
@@ -93,33 +103,23 @@ class Authenticator:
             raise Unauthenticated("missing bearer token")
         token = token.strip()
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            algorithm = hs256.unverified_header(token).get("alg")
             if not isinstance(algorithm, str) or algorithm not in ACCEPTED_ALGORITHMS:
                 raise Unauthenticated("token algorithm not accepted")
             if self._jwks is not None and algorithm != "HS256":
-                from cryptography.hazmat.primitives.asymmetric import ec  # JWKS mode only
-
-                key: object = self._jwks.get_signing_key_from_jwt(token).key
-                # The key's type fixes the algorithm: a token cannot choose another one.
-                algorithms = ["ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"]
+                claims = self._jwks_claims(self._jwks, token)
             elif self._jwt.secret:
-                key, algorithms = self._jwt.secret, ["HS256"]
+                claims = hs256.decode(
+                    token,
+                    self._jwt.secret,
+                    leeway_s=LEEWAY_S,
+                    required=REQUIRED_CLAIMS,
+                    audience=self._jwt.audience,
+                    issuer=self._jwt.issuer,
+                )
             else:
                 raise Unauthenticated("token algorithm not accepted")
-            claims = jwt.decode(
-                token,
-                key,  # type: ignore[arg-type]
-                algorithms=algorithms,
-                audience=self._jwt.audience,
-                issuer=self._jwt.issuer,
-                leeway=LEEWAY_S,
-                options={
-                    "require": ["exp", "sub"],
-                    "verify_aud": self._jwt.audience is not None,
-                    "verify_iss": self._jwt.issuer is not None,
-                },
-            )
-        except jwt.PyJWTError as exc:
+        except hs256.InvalidToken as exc:
             raise Unauthenticated("invalid or expired token") from exc
         self._check_lifetime(claims["exp"])
         return Identity(
@@ -127,6 +127,31 @@ class Authenticator:
             _optional_name(claims.get(self._jwt.plan_claim)),
             _optional_name(claims.get(self._jwt.team_claim)),
         )
+
+    def _jwks_claims(self, jwks: jwt.PyJWKClient, token: str) -> dict[str, Any]:
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        try:
+            key = jwks.get_signing_key_from_jwt(token).key
+            # The key's type fixes the algorithm: a token cannot choose another one.
+            algorithm = "ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._jwt.audience,
+                issuer=self._jwt.issuer,
+                leeway=LEEWAY_S,
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    "verify_aud": self._jwt.audience is not None,
+                    "verify_iss": self._jwt.issuer is not None,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("invalid or expired token") from exc
+        return claims
 
     def _check_lifetime(self, expires: object) -> None:
         """PyJWT reads `exp` with int(), so "9999999999" passes it: a number, not too far ahead."""
