@@ -68,7 +68,11 @@ def table_definitions(template: dict[str, Any] | None = None) -> dict[str, dict[
 def create_tables(client: DynamoDBClient, names: dict[str, str]) -> list[str]:
     """Create each table of `names` (logical id -> table name) that does not exist yet."""
     definitions = table_definitions()
-    existing = set(client.list_tables()["TableNames"])
+    existing = {
+        name
+        for page in client.get_paginator("list_tables").paginate()
+        for name in page["TableNames"]
+    }
     created = []
     for logical_id, table_name in names.items():
         if table_name in existing:
