@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tollgate.auth import DEFAULT_MAX_LIFETIME_S
 from tollgate.budget import DEFAULT_PLAN, Budgets, WindowLimits
+from tollgate.environment import EnvironmentSettings
 from tollgate.ports import Limits
 
-CommaList = Annotated[tuple[str, ...], NoDecode]
+CommaList = tuple[str, ...]
 
 
 def _split_commas(value: object) -> object:
@@ -21,10 +21,8 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(EnvironmentSettings):
     """Every variable in docs/CONTRACTS.md's configuration table, by its documented name."""
-
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     openai_api_key: str | None = None
     openai_base_url: str | None = None
@@ -128,4 +126,4 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()  # required fields come from the environment
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment

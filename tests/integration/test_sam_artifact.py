@@ -61,7 +61,7 @@ def test_artifact_has_code_data_prompts_and_handler(artifact: Path) -> None:
 
 
 def test_artifact_has_the_runtime_dependencies(artifact: Path) -> None:
-    for package in ("uvicorn", "starlette", "openai", "tiktoken", "jwt", "pydantic_settings"):
+    for package in ("uvicorn", "starlette", "openai", "tiktoken", "jwt", "pydantic", "botocore"):
         assert (artifact / package / "__init__.py").is_file(), package
 
 

@@ -6,17 +6,15 @@ from datetime import timedelta
 from decimal import Decimal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate.aggregation.rollups import usd_to_micros
 from tollgate.aggregation.windows import validate_window_size
+from tollgate.environment import EnvironmentSettings
 from tollgate.observability import METRICS_NAMESPACE
 
 
-class AggregatorSettings(BaseSettings):
+class AggregatorSettings(EnvironmentSettings):
     """The aggregator function's variables (template.yaml's AggregatorFunction), by name."""
-
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     cost_log_group: str = Field(min_length=1)
     rollups_table: str = Field(min_length=1)

@@ -152,7 +152,7 @@ def invoke_function_url(event: Mapping[str, Any], *, out: IO[bytes], err: IO[str
 
     env = dict(os.environ)
     with model_endpoint(env) as model:
-        settings = Settings(**local_overrides(env), **model)  # type: ignore[arg-type]
+        settings = Settings(**local_overrides(env), **model)
         # The app's log lines go to stderr, so stdout is the response body alone.
         recorder = CostRecorder(logger=build_logger(err), stream=err)
         app = create_app(settings, dependencies=build_dependencies(settings, recorder=recorder))
