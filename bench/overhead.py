@@ -16,6 +16,7 @@ from bench.processes import (
     Server,
     configure_offline,
     dynamodb_client,
+    rss_now_mb,
     rss_peak_mb,
 )
 from bench.report import render_scenario
@@ -113,6 +114,7 @@ def overhead(
             summaries = {name: cell.summary() for name, cell in cells.items()}
             for target in in_play:
                 summaries[target.name]["peak_rss_mb_so_far"] = rss_peak_mb(target.server.pid)
+                summaries[target.name]["rss_mb_after_cell"] = rss_now_mb(target.server.pid)
             scenario = {
                 "reply_chunks": reply_tokens,
                 "concurrency": concurrency,

@@ -186,11 +186,21 @@ def gateway_env(offline: Server, moto_url: str, store: str) -> dict[str, str]:
     return env
 
 
-def rss_peak_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return math.nan
+
+
+def rss_peak_mb(pid: int) -> float:
+    """The most the process has held resident so far (VmHWM: Lambda's "Max Memory Used")."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_now_mb(pid: int) -> float:
+    """What the process holds resident now (VmRSS)."""
+    return _status_mb(pid, "VmRSS")
 
 
 class LoadGenerator:

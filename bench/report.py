@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import budget_burst, cache_ttft
+from bench import botocore_cpu, budget_burst, cache_ttft
 from bench.global_admission import render as render_global_admission
 from bench.processes import REPO
 
@@ -56,8 +56,8 @@ def render_scenario(scenario: dict[str, Any]) -> str:
         f"{scenario['reply_chunks']} chunks, concurrency {scenario['concurrency']}\n\n"
         "| target | req | TTFT p50 ms | +p50 vs direct | +p50 vs floor | TTFT p99 ms | "
         "+p99 vs direct | total p50 ms (×floor) | req/s (×floor) | CPU ms/req (×floor) | "
-        "peak RSS MB (×floor) |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "RSS MB after | peak RSS MB (×floor) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [header]
     for name, s in scenario["targets"].items():
@@ -70,6 +70,7 @@ def render_scenario(scenario: dict[str, Any]) -> str:
             f"{fmt(s['total_p50_ms'])} ({fmt_ratio(v['total_p50'])}) | "
             f"{fmt(s['requests_per_s'])} ({fmt_ratio(v['requests_per_s'])}) | "
             f"{fmt(s['cpu_ms_per_request'], 2)} ({fmt_ratio(v['cpu_ms_per_request'])}) | "
+            f"{fmt(s.get('rss_mb_after_cell', math.nan), 0)} | "
             f"{fmt(s['peak_rss_mb_so_far'], 0)} ({fmt_ratio(v['peak_rss_mb'])}) |"
         )
     return "\n".join(rows) + "\n"
@@ -97,8 +98,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "(JWT, budget reserve/settle, conversation load/store, cost record) with the "
         "in-memory store or DynamoDB on moto; `-continue` continues each conversation for "
         f"{params['continue_turns']} turns. CPU is the server process's (all threads); "
-        "peak RSS is its VmHWM so far in the run. One DynamoDB round trip (conditional "
-        f"UpdateItem on moto): p50 {results['dynamodb_round_trip']['p50_ms']:.2f} ms.",
+        "RSS after is its VmRSS when the cell ended (resident, the encoding loaded); "
+        "peak RSS is its VmHWM so far in the run (Lambda's Max Memory Used). One DynamoDB "
+        "round trip (conditional UpdateItem on moto): "
+        f"p50 {results['dynamodb_round_trip']['p50_ms']:.2f} ms.",
         "",
     ]
     for scenario in results["overhead"]:
@@ -156,6 +159,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += render_round_trips(results["round_trips"])
     if "lambda_cpu" in results:
         lines += render_lambda_cpu(results["lambda_cpu"])
+    if "botocore_cpu" in results:
+        lines += botocore_cpu.render(results["botocore_cpu"])
     if "operating_cost" in results:
         lines += render_operating_cost(results["operating_cost"])
     burst = results.get("budget_burst")
