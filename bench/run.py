@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--round-trip-delay-ms", type=float, default=50.0)
     parser.add_argument("--round-trip-samples", type=int, default=10)
-    parser.add_argument("--lambda-sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--lambda-sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--skip-lambda", action="store_true")
     parser.add_argument(
         "--quick",

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from bench import cache_ttft
+from bench.operating_cost import template_memory_mb
 from bench.processes import LITELLM_RPS
 from bench.report import fmt_ratio
 
@@ -156,27 +157,49 @@ def round_trip_checks(trips: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def lambda_checks(lam: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per memory size: the overhead targets under its CPU share; then the smallest size
+    that keeps them all, against the template's default."""
     if not lam or lam["status"] != "measured":
         return []
     checks = []
+    keeps: list[int] = []
     for size in lam["sizes"]:
-        warm, mb = size["warm"], size["memory_mb"]
+        warm, mb, cold = size["warm"], size["memory_mb"], size["cold_first_token_ms"]
         added = warm["tollgate-memory"]["ttft_added_p50_ms_over_floor"]
-        checks.append(
+        cpu = warm["tollgate-dynamodb"]["cpu_vs_floor"]
+        cold_ratio = cold["tollgate-dynamodb"] / cold["floor"]
+        size_checks = [
             {
                 "target": f"added TTFT p50 over the floor, memory store, c=1, at {mb} MB CPU",
                 "goal": "≤ 2 ms",
                 "value": f"{added:.2f} ms",
                 "met": added <= 2.0,
-            }
-        )
-        cpu = warm["tollgate-dynamodb"]["cpu_vs_floor"]
-        checks.append(
+            },
             {
                 "target": f"CPU per request vs floor, tollgate-dynamodb, c=1, at {mb} MB CPU",
                 "goal": "≤ 2×",
                 "value": fmt_ratio(cpu),
                 "met": cpu <= 2.0,
-            }
-        )
+            },
+            {
+                "target": f"cold start to first token vs floor, tollgate-dynamodb, at {mb} MB CPU",
+                "goal": "≤ 1.3×",
+                "value": f"{fmt_ratio(cold_ratio)} ({cold['tollgate-dynamodb'] / 1000:.1f} s)",
+                "met": cold_ratio <= 1.3,
+            },
+        ]
+        checks += size_checks
+        if all(check["met"] for check in size_checks):
+            keeps.append(mb)
+    default_mb = template_memory_mb()
+    smallest = min(keeps) if keeps else None
+    checks.append(
+        {
+            "target": "template's ChatMemorySize default = the smallest measured size keeping "
+            "the overhead targets",
+            "goal": f"{smallest} MB" if smallest else "a size that keeps them",
+            "value": f"{default_mb} MB",
+            "met": smallest == default_mb,
+        }
+    )
     return checks
