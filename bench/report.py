@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import botocore_cpu, budget_burst, cache_ttft
+from bench import botocore_cpu, budget_burst, cache_ttft, tokenizer_memory
 from bench.global_admission import render as render_global_admission
 from bench.processes import REPO
 
@@ -161,6 +161,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += render_lambda_cpu(results["lambda_cpu"])
     if "botocore_cpu" in results:
         lines += botocore_cpu.render(results["botocore_cpu"])
+    if "encoding_load" in results:
+        lines += tokenizer_memory.render(results["encoding_load"])
     if "operating_cost" in results:
         lines += render_operating_cost(results["operating_cost"])
     burst = results.get("budget_burst")

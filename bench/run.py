@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import botocore_cpu, budget_burst, cache_ttft
+from bench import botocore_cpu, budget_burst, cache_ttft, tokenizer_memory
 from bench.cold_start import artifact_size, cold_start
 from bench.global_admission import global_admission
 from bench.lambda_cpu import lambda_shaped
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 loadgen.close()
             servers.stop_all()
     results["artifact"] = artifact_size()
+    results["encoding_load"] = tokenizer_memory.compare()
     if not args.skip_cost:
         from bench.cost_simulation import render, simulate
 

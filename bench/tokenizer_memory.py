@@ -111,33 +111,50 @@ def measure(mode: str, encoding: str) -> dict[str, float]:
     return result
 
 
+def compare(encoding: str = "o200k_base", runs: int = 3) -> dict[str, Any]:
+    """Medians of `runs` fresh processes per way of loading, interleaved so that a busy
+    machine slows both alike."""
+    samples: dict[str, list[dict[str, float]]] = {"standard": [], "lean": []}
+    for _ in range(runs):
+        for mode, measured in samples.items():
+            measured.append(measure(mode, encoding))
+    results: dict[str, Any] = {"encoding": encoding, "runs": runs, "modes": {}}
+    for mode, measured in samples.items():
+        median = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+        median["added_mb"] = median["rss_after_mb"] - median["rss_before_mb"]
+        results["modes"][mode] = median
+    return results
+
+
+def render(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Loading the encoding",
+        "",
+        f"{results['encoding']} loaded in a fresh process after the gateway's own set-up "
+        "(bench/tokenizer_memory.py): `standard` is tiktoken's constructor, which keeps its "
+        "Python dict of ranks beside the Rust maps; `lean` is the gateway's (the ranks dropped "
+        f"once the CoreBPE is built, freed pages trimmed). Median of {results['runs']}.",
+        "",
+        "| load | RSS before MB | RSS after MB | added MB | peak MB | load ms | CPU ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, m in results["modes"].items():
+        lines.append(
+            f"| {mode} | {m['rss_before_mb']:.1f} | {m['rss_after_mb']:.1f} | "
+            f"{m['added_mb']:.1f} | {m['peak_mb']:.1f} | {m['load_ms']:.0f} | "
+            f"{m['load_cpu_ms']:.0f} |"
+        )
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoding", default="o200k_base")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-
-    results: dict[str, Any] = {"encoding": args.encoding, "runs": args.runs, "modes": {}}
-    # Interleaved so that a busy machine slows both alike.
-    samples: dict[str, list[dict[str, float]]] = {"standard": [], "lean": []}
-    for _ in range(args.runs):
-        for mode, runs in samples.items():
-            runs.append(measure(mode, args.encoding))
-    print(f"{args.encoding}, gateway set up first, median of {args.runs} fresh processes")
-    print(
-        f"{'load':<9} {'RSS before':>10} {'RSS after':>10} {'added':>7} {'peak':>7} "
-        f"{'load ms':>8} {'CPU ms':>7}"
-    )
-    for mode, runs in samples.items():
-        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        median["added_mb"] = median["rss_after_mb"] - median["rss_before_mb"]
-        results["modes"][mode] = median
-        print(
-            f"{mode:<9} {median['rss_before_mb']:>8.1f}MB {median['rss_after_mb']:>8.1f}MB "
-            f"{median['added_mb']:>5.1f}MB {median['peak_mb']:>5.1f}MB "
-            f"{median['load_ms']:>8.0f} {median['load_cpu_ms']:>7.0f}"
-        )
+    results = compare(args.encoding, args.runs)
+    print("\n".join(render(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
