@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from bench.operating_cost import request_units, token_cost_per_1000
+from bench.operating_cost import request_units, template_memory_mb, token_cost_per_1000
 from bench.stats import Call, percentile, ratio, round_trip_depth
 from bench.targets import lambda_checks, round_trip_checks
 from tollgate.pricing import ModelPrice, ModelSpec, PriceTable
@@ -66,22 +66,39 @@ def test_round_trip_target_is_met_only_when_every_sample_took_one() -> None:
     assert round_trip_checks(None) == []
 
 
-def test_lambda_checks_compare_with_the_floor_at_each_size() -> None:
-    lam = {
-        "status": "measured",
-        "sizes": [
-            {
-                "memory_mb": 512,
-                "warm": {
-                    "tollgate-memory": {"ttft_added_p50_ms_over_floor": 2.5},
-                    "tollgate-dynamodb": {"cpu_vs_floor": 1.8},
-                },
-            }
-        ],
+def lambda_size(mb: int, added_ms: float, cpu: float, cold_ms: float) -> dict[str, object]:
+    return {
+        "memory_mb": mb,
+        "warm": {
+            "tollgate-memory": {"ttft_added_p50_ms_over_floor": added_ms},
+            "tollgate-dynamodb": {"cpu_vs_floor": cpu},
+        },
+        "cold_first_token_ms": {"floor": 1000.0, "tollgate-dynamodb": cold_ms},
     }
+
+
+def test_lambda_checks_compare_with_the_floor_at_each_size() -> None:
+    lam = {"status": "measured", "sizes": [lambda_size(512, 2.5, 1.8, 1200.0)]}
     checks = lambda_checks(lam)
-    assert [(c["goal"], c["met"]) for c in checks] == [("≤ 2 ms", False), ("≤ 2×", True)]
+    assert [(c["goal"], c["met"]) for c in checks[:3]] == [
+        ("≤ 2 ms", False),
+        ("≤ 2×", True),
+        ("≤ 1.3×", True),
+    ]
+    assert checks[-1]["goal"] == "a size that keeps them"
+    assert not checks[-1]["met"]
     assert lambda_checks({"status": "skipped: no cgroup v1"}) == []
+
+
+def test_the_smallest_size_keeping_every_target_is_checked_against_the_template() -> None:
+    sizes = [
+        lambda_size(256, 1.0, 1.5, 1500.0),  # cold start 1.5x: not kept
+        lambda_size(512, 1.5, 1.9, 1100.0),
+        lambda_size(1024, 0.5, 1.7, 1000.0),
+    ]
+    verdict = lambda_checks({"status": "measured", "sizes": sizes})[-1]
+    assert verdict["goal"] == "512 MB"
+    assert verdict["met"] == (template_memory_mb() == 512)
 
 
 @pytest.mark.parametrize(
