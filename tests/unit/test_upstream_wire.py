@@ -8,6 +8,7 @@ records what each sent, so the two can be compared byte for byte where it matter
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -167,7 +168,8 @@ USAGE = json.dumps(
         "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
     }
 )
-TEXTS = ["Rivers ", "run — ", "東京 ", "🌊"]
+# Raw U+2028, U+0085 and U+001C inside a JSON string end no SSE line (only CR and LF do).
+TEXTS = ["Rivers ", "run — ", "東京 ", "\u2028\x85\x1c", "🌊"]
 
 
 def stream_bytes(line_end: str) -> bytes:
@@ -200,3 +202,30 @@ def test_a_stream_reads_the_same_however_its_bytes_arrive(line_end: str, piece_s
     assert stream.finish_reason == "stop"
     assert stream.usage is not None
     assert (stream.usage.input_tokens, stream.usage.output_tokens) == (11, 4)
+
+
+def test_a_malformed_utf8_byte_is_replaced_not_a_broken_stream() -> None:
+    # Given a chunk whose text holds a byte that is not UTF-8
+    raw = stream_bytes("\n").replace(b"Rivers ", b"Riv\xffers ")
+    stream = OpenAIStream("gpt-4o-mini", httpx2.Response(200, stream=Pieces([raw])), 0.0)
+
+    async def read() -> list[Any]:
+        return [delta async for delta in stream.deltas()]
+
+    # When it is read, Then the byte reads as U+FFFD (as httpx decodes text) and the rest is whole
+    assert asyncio.run(read()) == ["Riv\ufffders ", *TEXTS[1:]]
+
+
+def test_a_compressed_stream_reads_the_same() -> None:
+    # Given upstream answering with a gzip-encoded body, in small reads
+    raw = gzip.compress(stream_bytes("\n"))
+    pieces = [raw[start : start + 5] for start in range(0, len(raw), 5)]
+    response = httpx2.Response(200, headers={"content-encoding": "gzip"}, stream=Pieces(pieces))
+    stream = OpenAIStream("gpt-4o-mini", response, 0.0)
+
+    async def read() -> list[Any]:
+        return [delta async for delta in stream.deltas()]
+
+    # When it is read, Then it reads as the plain stream does
+    assert asyncio.run(read()) == TEXTS
+    assert stream.finish_reason == "stop"

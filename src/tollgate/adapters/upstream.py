@@ -113,7 +113,10 @@ class OpenAIStream:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         finished = False
-        chunks = self._response.aiter_bytes()
+        response = self._response
+        # A content-encoded (compressed) body is decoded by httpx; a plain one read as it comes.
+        encoded = "content-encoding" in response.headers
+        chunks = response.aiter_bytes() if encoded else response.aiter_raw()
         pending = b""
         try:
             async for data in chunks:
@@ -125,7 +128,9 @@ class OpenAIStream:
                     if payload == b"[DONE]":
                         finished = True
                         break
-                    for delta in self._read_chunk(json.loads(payload)):
+                    # Decoded as httpx decodes text: UTF-8, a malformed byte replaced.
+                    chunk = json.loads(payload.decode("utf-8", "replace"))
+                    for delta in self._read_chunk(chunk):
                         yield delta
                 if finished:
                     break
