@@ -224,9 +224,10 @@ class OpenAIUpstream:
         is_reasoning: Callable[[str], bool] = is_reasoning_by_name,
     ) -> None:
         self._client = client.with_options(max_retries=0)
+        # Built once per client (a new key makes a new client): parsed URL, encoded headers
         self._endpoint_of: AsyncOpenAI | None = None
-        self._url = ""
-        self._headers: dict[str, str] = {}
+        self._url = httpx2.URL()
+        self._headers = httpx2.Headers()
         self._attempt_timeout_s = attempt_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._retries_per_model = retries_per_model
@@ -354,18 +355,20 @@ class OpenAIUpstream:
         ceiling: float = min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt)
         return ceiling * (0.5 + random.random() / 2)
 
-    def _endpoint(self, client: AsyncOpenAI) -> tuple[str, dict[str, str]]:
+    def _endpoint(self, client: AsyncOpenAI) -> tuple[httpx2.URL, httpx2.Headers]:
         """The chat completions URL and the SDK's headers for `client` (its key included)."""
         if self._endpoint_of is not client:
             base = client.base_url
-            headers = {
-                name: value
-                for name, value in client.default_headers.items()
-                if isinstance(value, str)
-            }
+            headers = httpx2.Headers(
+                {
+                    name: value
+                    for name, value in client.default_headers.items()
+                    if isinstance(value, str)
+                }
+            )
             headers.update(client.auth_headers)
             headers["x-stainless-retry-count"] = "0"
-            url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
+            url = base.copy_with(raw_path=base.raw_path + b"chat/completions")
             self._endpoint_of, self._url, self._headers = client, url, headers
         return self._url, self._headers
 
@@ -380,6 +383,8 @@ class OpenAIUpstream:
         timeout = min(self._attempt_timeout_s, remaining)
         first_byte_timeout = min(self._first_byte_timeout_s or timeout, timeout)
         url, headers = self._endpoint(client)
+        headers = headers.copy()
+        headers["x-stainless-read-timeout"] = str(float(timeout))
         http = client._client
         request = http.build_request(
             "POST",
@@ -387,7 +392,7 @@ class OpenAIUpstream:
             content=_json_bytes(
                 {"model": model, "messages": body["messages"], "stream": True, **body}
             ),
-            headers={**headers, "x-stainless-read-timeout": str(float(timeout))},
+            headers=headers,
             timeout=httpx2.Timeout(timeout),
         )
         # Sending returns once the status line and headers are in: before a reasoning
