@@ -42,22 +42,41 @@ class SSEResponse:
         self._stream = stream
         self._frames = frames if frames is not None else chat_frames(stream)
         self._keepalive_s = keepalive_s
-        self._sending = asyncio.Lock()
         self._last_sent = 0.0
+        # Frames and keep-alive comments never go to `send` at the same time. No lock on
+        # the frames' path (one per chunk): the keeper stays out while a frame is being
+        # sent, and a frame waits for a keep-alive already on its way.
+        self._frame_in_flight = False
+        self._keepalive_in_flight: asyncio.Future[None] | None = None
 
     async def _send(self, send: Send, body: bytes, *, more: bool = True) -> None:
-        async with self._sending:
+        while self._keepalive_in_flight is not None:
+            await asyncio.shield(self._keepalive_in_flight)
+        self._frame_in_flight = True
+        try:
             await send({"type": "http.response.body", "body": body, "more_body": more})
-            self._last_sent = time.monotonic()
+        finally:
+            self._frame_in_flight = False
+        self._last_sent = time.monotonic()
 
     async def _keep_alive(self, send: Send) -> None:
         """An SSE comment whenever nothing was sent for a while (a reasoning model thinking)."""
         while True:
             idle = time.monotonic() - self._last_sent
+            if self._frame_in_flight:
+                await asyncio.sleep(self._keepalive_s)  # a frame is going out: that is traffic
+                continue
             if idle < self._keepalive_s:
                 await asyncio.sleep(self._keepalive_s - idle)
                 continue
-            await self._send(send, sse.KEEPALIVE)
+            sent = asyncio.get_running_loop().create_future()
+            self._keepalive_in_flight = sent
+            try:
+                await send({"type": "http.response.body", "body": sse.KEEPALIVE, "more_body": True})
+            finally:
+                self._keepalive_in_flight = None
+                sent.set_result(None)
+            self._last_sent = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self._stream

@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from tollgate.errors import UnknownPlan
@@ -64,24 +65,27 @@ def iso_z(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@lru_cache(maxsize=256)
+def _period_start(window: Window, period: str) -> datetime:
+    """The UTC start of a day (yyyy-mm-dd) or month (yyyy-mm) period; parsed once per period
+    (strptime is the dearest step of a request's budget arithmetic)."""
+    return datetime.strptime(period, "%Y-%m-%d" if window == "day" else "%Y-%m").replace(tzinfo=UTC)
+
+
 def budget_expires_at(day: str) -> int:
-    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    start = _period_start("day", day)
     return int((start + timedelta(days=BUDGET_RETENTION_DAYS)).timestamp())
 
 
 def expires_at(account: Account) -> int:
     if account.window == "day":
         return budget_expires_at(account.period)
-    start = datetime.strptime(account.period, "%Y-%m").replace(tzinfo=UTC)
+    start = _period_start("month", account.period)
     return int((start + timedelta(days=MONTH_RETENTION_DAYS)).timestamp())
 
 
 def resets_at(account: Account) -> datetime:
-    if account.window == "day":
-        start = datetime.strptime(account.period, "%Y-%m-%d").replace(tzinfo=UTC)
-    else:
-        start = datetime.strptime(account.period, "%Y-%m").replace(tzinfo=UTC)
-    return next_reset(start, account.window)
+    return next_reset(_period_start(account.window, account.period), account.window)
 
 
 def reservation_for(

@@ -143,17 +143,18 @@ class CostRecorder:
         if record.outcome not in OUTCOMES:
             raise ValueError(f"outcome {record.outcome!r} is not one of the documented outcomes")
         self.logger.info(COST_RECORD_MESSAGE, extra=record.fields())
-        # Flushed line by line: under the Web Adapter stdout is a block-buffered pipe, and an
+        # Flushed as written: under the Web Adapter stdout is a block-buffered pipe, and an
         # unflushed EMF line reaches CloudWatch only with the next log line (or never).
-        for blob in metric_blobs(record, self._namespace):
-            self.metric(blob)
+        self.metrics(*metric_blobs(record, self._namespace))
 
     def budget_utilization(self, scope: str, percent: float) -> None:
-        self.metric(budget_utilization_blob(scope, percent, self._namespace))
+        self.metrics(budget_utilization_blob(scope, percent, self._namespace))
 
-    def metric(self, blob: dict[str, Any]) -> None:
-        """One EMF line, flushed as written (see emit)."""
-        print(json.dumps(blob, separators=(",", ":")), file=self._stream or sys.stdout, flush=True)
+    def metrics(self, *blobs: dict[str, Any]) -> None:
+        """EMF lines, one per blob, in one write flushed at once (see emit)."""
+        stream = self._stream or sys.stdout
+        stream.write("".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in blobs))
+        stream.flush()
 
     def error(self, message: str, **fields: Any) -> None:
         self.logger.error(message, extra=fields)

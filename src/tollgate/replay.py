@@ -73,17 +73,13 @@ class CachedReplyStream:
     def stop(self, reason: str) -> None:
         self._stopped = True
 
-    async def text(self) -> AsyncGenerator[str, None]:
+    async def events(self) -> AsyncGenerator[Delta, None]:
+        """The stored text in chunks (a tool call is never stored)."""
         for chunk in replay_chunks(self._reply.text):
             if self._stopped:
                 return
             if self._first_delta_at is None:
                 self._first_delta_at = time.monotonic()
-            yield chunk
-
-    async def events(self) -> AsyncGenerator[Delta, None]:
-        """/v1's deltas: a cached reply is text only (a tool call is never stored)."""
-        async for chunk in self.text():
             yield chunk
 
     async def finish_now(self) -> Outcome:

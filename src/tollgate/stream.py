@@ -148,12 +148,6 @@ class ChatStream:
         with contextlib.suppress(Exception):
             await self._upstream.aclose()
 
-    async def text(self) -> AsyncGenerator[str, None]:
-        """The reply's text deltas, as upstream produces them, until it ends or is stopped."""
-        async for delta in self.events():
-            if isinstance(delta, str):
-                yield delta
-
     async def events(self) -> AsyncGenerator[Delta, None]:
         """Text and tool-call deltas, as upstream produces them, until it ends or is stopped."""
         watchdog = asyncio.get_running_loop().create_task(self._watch())

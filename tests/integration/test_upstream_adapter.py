@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from openai import AsyncOpenAI
 
+from tests.servers import free_port
 from tollgate.adapters.tokenizer import token_counter
 from tollgate.adapters.upstream import OpenAIStream, OpenAIUpstream, is_reasoning_by_name
 from tollgate.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
@@ -323,3 +324,36 @@ async def test_every_model_hung_is_unavailable_with_the_models_tried(
     assert (error.status, error.code) == (503, "upstream_unavailable")
     assert error.retry_after is not None
     assert len(offline_model.ended_requests()) == 4
+
+
+async def test_an_upstream_that_refuses_connections_is_unavailable() -> None:
+    # Given an upstream address where nothing listens
+    async with AsyncOpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="x") as nobody:
+        upstream = OpenAIUpstream(nobody, attempt_timeout_s=5)
+
+        # When a stream is opened, Then every model was tried (and retried) and the chain
+        # is unavailable, naming the connection failure
+        with pytest.raises(UpstreamUnavailable) as unavailable:
+            await upstream.open_stream(
+                ["gpt-4o-mini", "gpt-4o"], MESSAGES, max_tokens=CAP, deadline=deadline_in(20)
+            )
+
+    assert unavailable.value.models_tried == ["gpt-4o-mini", "gpt-4o"]
+    assert "gpt-4o: APIConnectionError" in unavailable.value.message
+
+
+async def test_an_answer_slower_than_the_attempt_timeout_moves_the_chain_on(
+    client: AsyncOpenAI, offline_model: OfflineModelClient
+) -> None:
+    # Given a first model that never answers, and no first-byte timeout: only the attempt
+    # timeout (the HTTP client's own read timeout) bounds the wait
+    offline_model.add_fault(model="gpt-5-mini", kind="hang")
+    upstream = OpenAIUpstream(client, attempt_timeout_s=0.3, retries_per_model=0)
+
+    # When a stream is opened, Then the hung model timed out and the next one answered
+    stream, tried = await upstream.open_stream(
+        ["gpt-5-mini", "gpt-4.1-mini"], MESSAGES, max_tokens=CAP, deadline=deadline_in(8)
+    )
+
+    assert await read_all(stream)
+    assert tried == ["gpt-5-mini", "gpt-4.1-mini"]

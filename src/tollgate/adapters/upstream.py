@@ -2,13 +2,15 @@
 
 The SDK's own retries are off (`max_retries=0`) so they cannot multiply with the model
 chain into minutes: this module retries and falls back itself, with the SDK's timeouts,
-error classes and Retry-After parsing semantics. Streams are read as raw SSE lines
-(`with_streaming_response`): parsing JSON per chunk costs a fraction of building the
-SDK's model object per chunk. The body is passed as `extra_body` so the SDK does not walk
-it against its TypedDicts (its `transform` step: ~0.5 ms of CPU per request for nothing
-here, since plain string messages come out unchanged). After `[DONE]` the response is
-read to its end, so its connection goes back to the pool instead of being dropped (a new
-TCP + TLS handshake with OpenAI on every request otherwise).
+error classes and Retry-After parsing semantics. The request goes out as the SDK would
+send it (its URL, headers and key, its JSON) through the SDK client's own connection
+pool, but is built here: the SDK's request machinery (options models, a walk of the body
+against its TypedDicts, header merging) costs ~0.3 ms of CPU before the first byte, for
+a body this module builds anyway. Streams are read as SSE bytes split into lines here:
+one JSON parse per chunk, none of the SDK's model objects nor httpx's text and line
+decoders. After `[DONE]` the response is read to its end, so its connection goes back to
+the pool instead of being dropped (a new TCP + TLS handshake with OpenAI on every request
+otherwise).
 
 Reasoning models (the GPT-5 family, o-series) reject `max_tokens` and sampling parameters
 and think in silence after answering 200, so the cap goes up as `max_completion_tokens`,
@@ -22,11 +24,13 @@ import asyncio
 import contextlib
 import json
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, get_args
 
+import anyio
 import httpx2
 import openai
 from openai import AsyncOpenAI
@@ -99,7 +103,7 @@ def _error_message(exc: openai.APIStatusError) -> str:
 class OpenAIStream:
     """A 200 response from upstream, read line by line."""
 
-    def __init__(self, model: str, response: Any, answered_at: float) -> None:
+    def __init__(self, model: str, response: httpx2.Response, answered_at: float) -> None:
         self.model = model
         self.upstream_model: str | None = None
         self.usage: UpstreamUsage | None = None
@@ -109,41 +113,56 @@ class OpenAIStream:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         finished = False
-        lines = self._response.iter_lines()
+        response = self._response
+        # A content-encoded (compressed) body is decoded by httpx; a plain one read as it comes.
+        encoded = "content-encoding" in response.headers
+        chunks = response.aiter_bytes() if encoded else response.aiter_raw()
+        pending = b""
         try:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    finished = True
+            async for data in chunks:
+                lines, pending = _complete_lines(pending + data)
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        finished = True
+                        break
+                    # Decoded as httpx decodes text: UTF-8, a malformed byte replaced.
+                    chunk = json.loads(payload.decode("utf-8", "replace"))
+                    for delta in self._read_chunk(chunk):
+                        yield delta
+                if finished:
                     break
-                chunk = json.loads(payload)
-                if "error" in chunk:
-                    raise UpstreamCut(str(chunk["error"]))
-                if self.upstream_model is None:
-                    self.upstream_model = chunk.get("model")
-                usage = chunk.get("usage")
-                if usage:
-                    self.usage = _usage(usage)
-                for choice in chunk.get("choices") or ():
-                    if choice.get("finish_reason"):
-                        self.finish_reason = choice["finish_reason"]
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content")
-                    if content:
-                        yield content
-                    for call in delta.get("tool_calls") or ():
-                        yield _tool_call_delta(call)
-        except (httpx2.HTTPError, openai.APIError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError) as exc:
             raise UpstreamCut(f"upstream stream broke: {exc}") from exc
         if not finished:
             raise UpstreamCut("upstream stream ended before [DONE]")
-        await _drain(lines)
+        await _drain(chunks)
+
+    def _read_chunk(self, chunk: Any) -> list[Delta]:
+        """Note what a chunk reports (model, usage, finish reason); its text and tool calls."""
+        if "error" in chunk:
+            raise UpstreamCut(str(chunk["error"]))
+        if self.upstream_model is None:
+            self.upstream_model = chunk.get("model")
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = _usage(usage)
+        deltas: list[Delta] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                deltas.append(content)
+            deltas.extend(_tool_call_delta(call) for call in delta.get("tool_calls") or ())
+        return deltas
 
     async def aclose(self) -> None:
         # Closing an unfinished response drops the connection: upstream sees the client leave.
-        await self._response.close()
+        await self._response.aclose()
 
 
 def _tool_call_delta(call: Mapping[str, Any]) -> ToolCallDelta:
@@ -168,11 +187,19 @@ def _usage(usage: Mapping[str, Any]) -> UpstreamUsage:
     )
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+def _complete_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines at the start of `buffer` (ended by LF, CRLF or CR), and the rest."""
+    lines = buffer.splitlines(keepends=True)
+    if lines and not lines[-1].endswith((b"\n", b"\r")):
+        return lines, lines.pop()
+    return lines, b""
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
     """Read what follows [DONE] (normally just the end of the body): the connection is reused."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            async for _ in lines:
+            async for _ in chunks:
                 pass
 
 
@@ -197,6 +224,10 @@ class OpenAIUpstream:
         is_reasoning: Callable[[str], bool] = is_reasoning_by_name,
     ) -> None:
         self._client = client.with_options(max_retries=0)
+        # Built once per client (a new key makes a new client): parsed URL, encoded headers
+        self._endpoint_of: AsyncOpenAI | None = None
+        self._url = httpx2.URL()
+        self._headers = httpx2.Headers()
         self._attempt_timeout_s = attempt_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._retries_per_model = retries_per_model
@@ -324,18 +355,80 @@ class OpenAIUpstream:
         ceiling: float = min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt)
         return ceiling * (0.5 + random.random() / 2)
 
+    def _endpoint(self, client: AsyncOpenAI) -> tuple[httpx2.URL, httpx2.Headers]:
+        """The chat completions URL and the SDK's headers for `client` (its key included)."""
+        if self._endpoint_of is not client:
+            base = client.base_url
+            headers = httpx2.Headers(
+                {
+                    name: value
+                    for name, value in client.default_headers.items()
+                    if isinstance(value, str)
+                }
+            )
+            headers.update(client.auth_headers)
+            headers["x-stainless-retry-count"] = "0"
+            url = base.copy_with(raw_path=base.raw_path + b"chat/completions")
+            self._endpoint_of, self._url, self._headers = client, url, headers
+        return self._url, self._headers
+
     async def _attempt(
         self, client: AsyncOpenAI, model: str, body: dict[str, Any], remaining: float
     ) -> OpenAIStream:
+        """One request, sent as the SDK would send it, through the SDK's own connection pool:
+        the SDK's request building (its options models, TypedDict transform, header merging)
+        is ~0.3 ms of CPU before the first byte, for a body that is built here anyway.
+        Failures are raised as the SDK raises them (APIStatusError, APITimeoutError,
+        APIConnectionError)."""
         timeout = min(self._attempt_timeout_s, remaining)
         first_byte_timeout = min(self._first_byte_timeout_s or timeout, timeout)
-        # `messages=[]` is replaced by extra_body's: the SDK's per-request transform of the
-        # typed params (a recursive walk of every message) is skipped, the wire body is the same.
-        context = client.chat.completions.with_streaming_response.create(
-            model=model, messages=[], stream=True, extra_body=body, timeout=timeout
+        url, headers = self._endpoint(client)
+        headers = headers.copy()
+        headers["x-stainless-read-timeout"] = str(float(timeout))
+        http = client._client
+        request = http.build_request(
+            "POST",
+            url,
+            content=_json_bytes(
+                {"model": model, "messages": body["messages"], "stream": True, **body}
+            ),
+            headers=headers,
+            timeout=httpx2.Timeout(timeout),
         )
-        # Entering returns once the status line and headers are in: before a reasoning
+        # Sending returns once the status line and headers are in: before a reasoning
         # model's silence, which the stream's own reads (each bounded by `timeout`) sit out.
-        async with asyncio.timeout(first_byte_timeout):
-            response = await context.__aenter__()
+        answer_by = asyncio.get_running_loop().time() + first_byte_timeout
+        try:
+            async with asyncio.timeout_at(answer_by):
+                response = await http.send(request, stream=True)
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=request) from exc
+        except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
+            raise openai.APIConnectionError(request=request) from exc
+        if not response.is_success:
+            try:
+                async with asyncio.timeout_at(answer_by):
+                    await response.aread()
+            finally:
+                await response.aclose()
+            raise _status_error(response)
         return OpenAIStream(model, response, answered_at=time.monotonic())
+
+
+def _json_bytes(body: Mapping[str, Any]) -> bytes:
+    """The SDK's JSON encoding of a request body."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """What the SDK raises for a status that is not 2xx: its message and the body's `error`."""
+    message = f"Error code: {response.status_code}"
+    try:
+        body: Any = json.loads(response.text)
+    except ValueError:
+        body = response.text.strip()
+    error = body.get("error", body) if isinstance(body, dict) else body
+    detail = error.get("message") if isinstance(error, dict) else None
+    if isinstance(detail, str) and detail:
+        message += f" - {detail}"
+    return openai.APIStatusError(message, response=response, body=error)

@@ -133,8 +133,9 @@ async def chat_frames(stream: ReplyStream) -> AsyncGenerator[bytes, None]:
     if stream.cached:
         meta["cached"] = True
     yield sse.event("meta", meta)
-    async for text in stream.text():
-        yield sse.delta(text)
+    async for delta in stream.events():
+        if isinstance(delta, str):
+            yield sse.delta(delta)
     outcome = await stream.finish_now()
     yield usage_event(outcome)
     failure = outcome.failure()

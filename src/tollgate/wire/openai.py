@@ -419,7 +419,7 @@ class CompletionEncoder:
         )
         async for delta in stream.events():
             if isinstance(delta, str):
-                yield self._content_prefix + json.dumps(delta).encode() + self._content_suffix
+                yield self._content_prefix + sse.json_string(delta).encode() + self._content_suffix
             else:
                 yield self._chunk(
                     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
@@ -19,5 +20,10 @@ def event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
 
 
+def json_string(text: str) -> str:
+    """`json.dumps(text)` without its dispatch: the per-chunk encoding of the streams."""
+    return encode_basestring_ascii(text)
+
+
 def delta(text: str) -> bytes:
-    return f'data: {{"delta": {json.dumps(text)}}}\n\n'.encode()
+    return f'data: {{"delta": {json_string(text)}}}\n\n'.encode()
