@@ -100,14 +100,13 @@ def global_admission(moto_url: str | None, *, requests: int = 400) -> dict[str, 
     results: dict[str, Any] = {"hold_tokens": HOLD.tokens}
     results["memory"] = asyncio.run(_throughput(MemoryUsageStore(), requests * 5, 64))
     if moto_url is not None:
-        from bench.processes import dynamodb_client
+        from bench.processes import async_dynamodb, dynamodb_client
         from tollgate.adapters.usage_store import DynamoUsageStore
         from tollgate.local.tables import create_tables
 
-        client = dynamodb_client(moto_url)
         names = {"UsageTable": "bench-global-usage", "ConversationsTable": "bench-global-conv"}
-        create_tables(client, names)
-        store = DynamoUsageStore(names["UsageTable"], client)
+        create_tables(dynamodb_client(moto_url), names)
+        store = DynamoUsageStore(names["UsageTable"], async_dynamodb(moto_url))
         results["dynamodb_moto"] = asyncio.run(_throughput(store, requests, 64))
     results["margins"] = [
         asyncio.run(_margin(tokens)) for tokens in (10_000, 100_000, 1_000_000, 10_000_000)

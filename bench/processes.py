@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 PYTHON = sys.executable
@@ -260,6 +262,18 @@ def dynamodb_client(endpoint_url: str) -> DynamoDBClient:
         region_name=AWS_ENV["AWS_REGION"],
         aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def async_dynamodb(endpoint_url: str) -> AsyncDynamoDB:
+    """The gateway's own DynamoDB client, with the bench's credentials."""
+    from botocore.credentials import Credentials
+
+    from tollgate.adapters.dynamodb_http import AsyncDynamoDB, Endpoint
+
+    return AsyncDynamoDB(
+        Endpoint(endpoint_url, AWS_ENV["AWS_REGION"]),
+        Credentials(AWS_ENV["AWS_ACCESS_KEY_ID"], AWS_ENV["AWS_SECRET_ACCESS_KEY"]),
     )
 
 

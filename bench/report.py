@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import botocore_cpu, budget_burst, cache_ttft, tokenizer_memory
+from bench import budget_burst, cache_ttft, dynamodb_cpu, tokenizer_memory
 from bench.global_admission import render as render_global_admission
 from bench.processes import REPO
 
@@ -159,8 +159,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += render_round_trips(results["round_trips"])
     if "lambda_cpu" in results:
         lines += render_lambda_cpu(results["lambda_cpu"])
-    if "botocore_cpu" in results:
-        lines += botocore_cpu.render(results["botocore_cpu"])
+    if "dynamodb_cpu" in results:
+        calls = {
+            path["path"]: round(sum(path["calls_per_request"].values()))
+            for path in results.get("round_trips", {}).get("paths", [])
+        }
+        lines += dynamodb_cpu.render(results["dynamodb_cpu"]["per_call_ms"], calls)
     if "encoding_load" in results:
         lines += tokenizer_memory.render(results["encoding_load"])
     if "operating_cost" in results:

@@ -15,8 +15,8 @@ The load generator (bench/loadgen.py) is a process of its own. Targets are inter
 round-robin within each scenario (reply length × concurrency), so a noisy neighbour
 hits them alike and every ratio compares numbers from the same run. Then: DynamoDB round
 trips per request path behind a latency-injecting proxy (bench/round_trips.py), the
-gateway under Lambda's CPU share (bench/lambda_cpu.py), botocore's share of the gateway's
-CPU (bench/botocore_cpu.py), budget burst, cold start, and
+gateway under Lambda's CPU share (bench/lambda_cpu.py), a DynamoDB call's CPU through
+botocore and through the gateway's client (bench/dynamodb_cpu.py), budget burst, cold start, and
 Tollgate's own cost per 1,000 chats (bench/operating_cost.py). Results go to
 docs/bench.json and docs/BENCHMARKS.md, regenerated on every run.
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import botocore_cpu, budget_burst, cache_ttft, tokenizer_memory
+from bench import budget_burst, cache_ttft, dynamodb_cpu, tokenizer_memory
 from bench.cold_start import artifact_size, cold_start
 from bench.global_admission import global_admission
 from bench.lambda_cpu import lambda_shaped
@@ -208,19 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_interval_s=args.chunk_interval_ms / 1000,
                 reply_tokens=min(args.replies),
             )
-            results["botocore_cpu"] = {
-                "gateway": botocore_cpu.gateway_share(
-                    servers,
-                    loadgen,
-                    offline,
-                    moto.url,
-                    log_dir,
-                    duration_s=args.duration * args.rounds,
-                    reply_tokens=min(args.replies),
-                    continue_turns=args.continue_turns,
-                ),
-                "per_call_ms": botocore_cpu.replay_floor(moto.url),
-            }
+            results["dynamodb_cpu"] = {"per_call_ms": dynamodb_cpu.per_call(moto.url)}
             loadgen.close()
             loadgen = None
             results["round_trips"] = round_trips(

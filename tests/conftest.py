@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
+from tests.observed_dynamodb import ObservedDynamoDB
 from tests.servers import free_port
 
 pytest_plugins = ["tests.offline_fixture", "tests.gateway_fixture", "tests.fault_proxy"]
@@ -47,6 +48,12 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture
 def dynamodb(moto_endpoint: str) -> DynamoDBClient:
     return boto3.client("dynamodb", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def db(moto_endpoint: str) -> ObservedDynamoDB:
+    """The gateway's own DynamoDB client (tollgate.adapters.dynamodb_http) on the moto server."""
+    return ObservedDynamoDB.from_environment(endpoint_url=moto_endpoint)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 - `proxy.pause(3.0)`: requests arriving in the next 3 s are held, then sent on, even when
   their client gave up meanwhile (a paused DynamoDB still applies what it received).
 - `proxy.drop_responses("TransactWriteItems")`: the next such request reaches moto, its
-  answer is thrown away and the connection closed, so botocore retries a write that landed.
+  answer is thrown away and the connection closed, so the client retries a write that landed.
 - `proxy.forwarded("TransactWriteItems")`: how many such requests reached moto.
 
 Operations are DynamoDB's `X-Amz-Target` names. Each request goes to moto on a connection
@@ -23,13 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
 
-from tollgate.adapters.aws import request_profile
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 TARGET_HEADER = b"x-amz-target"
 
@@ -175,7 +174,6 @@ def fault_proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def faulty_dynamodb(fault_proxy: FaultProxy) -> DynamoDBClient:
-    """A DynamoDB client through the proxy, with the gateway's own timeouts and retries."""
-    config = request_profile().config()
-    return boto3.client("dynamodb", endpoint_url=fault_proxy.url, config=config)
+def faulty_dynamodb(fault_proxy: FaultProxy) -> AsyncDynamoDB:
+    """The gateway's DynamoDB client through the proxy, with its own timeouts and retries."""
+    return AsyncDynamoDB.from_environment(endpoint_url=fault_proxy.url)

@@ -44,22 +44,22 @@ class Stores:
 
 
 def dynamodb_stores(settings: Settings) -> Stores:
-    from tollgate.adapters.aws import dynamodb_client
     from tollgate.adapters.cache_store import DynamoReplyCache
     from tollgate.adapters.conversation_store import DynamoConversationStore
+    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
     from tollgate.adapters.usage_store import (
         DynamoRequestRegistry,
         DynamoUsageStore,
     )
 
-    client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    db = AsyncDynamoDB.from_environment(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return Stores(
-        usage=DynamoUsageStore(settings.usage_table, client),
-        requests=DynamoRequestRegistry(settings.usage_table, client),
+        usage=DynamoUsageStore(settings.usage_table, db),
+        requests=DynamoRequestRegistry(settings.usage_table, db),
         conversations=DynamoConversationStore(
-            settings.conversations_table, client, ttl_days=settings.conversation_ttl_days
+            settings.conversations_table, db, ttl_days=settings.conversation_ttl_days
         ),
-        replies=DynamoReplyCache(settings.conversations_table, client),
+        replies=DynamoReplyCache(settings.conversations_table, db),
     )
 
 
@@ -92,12 +92,12 @@ def budget_alerts(settings: Settings, recorder: CostRecorder) -> BudgetAlerts | 
     """Team and global alerts to ALERT_TOPIC_ARN; their once-only marks live in the usage table."""
     if not settings.alert_topic_arn or settings.store_backend != "dynamodb":
         return None
-    from tollgate.adapters.aws import dynamodb_client
     from tollgate.adapters.budget_alerts import AlertLatch, BudgetAlertNotifier, SnsNotifier
+    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 
-    client = dynamodb_client(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    db = AsyncDynamoDB.from_environment(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return BudgetAlertNotifier(
-        AlertLatch(settings.usage_table, client), SnsNotifier(settings.alert_topic_arn), recorder
+        AlertLatch(settings.usage_table, db), SnsNotifier(settings.alert_topic_arn), recorder
     )
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from tests.gateway_fixture import JWT_SECRET
 from tollgate.adapters.budget_alerts import AlertLatch, BudgetAlertNotifier, SnsNotifier
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.observability import CostRecorder, build_logger
 from tollgate.ports import Account, BudgetCounters, Limits
 
@@ -74,7 +75,7 @@ def notifier(
     moto_endpoint: str, table: str, topic: AlarmTopic, stream: io.StringIO
 ) -> BudgetAlertNotifier:
     """One chat instance's alerts (each instance has its own clients and memory)."""
-    dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint)
+    dynamodb = AsyncDynamoDB.from_environment(endpoint_url=moto_endpoint)
     sns = boto3.client("sns", endpoint_url=moto_endpoint)
     recorder = CostRecorder(logger=build_logger(stream), stream=stream)
     return BudgetAlertNotifier(AlertLatch(table, dynamodb), SnsNotifier(topic.arn, sns), recorder)
@@ -183,7 +184,7 @@ def test_a_failed_publish_is_retried_by_the_next_observation(
 ) -> None:
     # Given an instance whose topic does not exist (the publish fails), and a healthy one
     healthy = notifier(moto_endpoint, table_names["UsageTable"], alarm_topic, io.StringIO())
-    dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint)
+    dynamodb = AsyncDynamoDB.from_environment(endpoint_url=moto_endpoint)
     sns = boto3.client("sns", endpoint_url=moto_endpoint)
     stream = io.StringIO()
     recorder = CostRecorder(logger=build_logger(stream), stream=stream)

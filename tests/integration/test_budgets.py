@@ -201,17 +201,13 @@ def test_a_concurrent_turn_on_one_conversation_is_409(gateway, offline_model) ->
 
 
 def test_dynamodb_outage_fails_closed_within_seconds(gateway_factory, offline_model) -> None:
-    import boto3
-
     from tests.servers import free_port
-    from tollgate.adapters.aws import request_profile
     from tollgate.adapters.conversation_store import DynamoConversationStore
+    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
     from tollgate.adapters.usage_store import DynamoUsageStore
 
-    dead = boto3.client(
-        "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{free_port()}",
-        config=request_profile(timeout_s=0.5, max_attempts=2).config(),
+    dead = AsyncDynamoDB.from_environment(
+        0.5, max_attempts=2, endpoint_url=f"http://127.0.0.1:{free_port()}"
     )
     with gateway_factory() as gateway:
         service = gateway.service

@@ -9,14 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from botocore.exceptions import EndpointConnectionError
 
 from tests.conversation_steps import ALICE, TTL_DAYS, begin, make_turn, start_conversation
+from tests.observed_dynamodb import ObservedDynamoDB
 from tests.servers import free_port
 from tollgate.adapters.conversation_store import RECENT_TURNS, DynamoConversationStore
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.errors import DependencyUnavailable, NotFound
 
 if TYPE_CHECKING:
@@ -31,8 +30,8 @@ def table(table_names: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def store(dynamodb: DynamoDBClient, table: str) -> DynamoConversationStore:
-    return DynamoConversationStore(table, dynamodb, ttl_days=TTL_DAYS)
+def store(db: ObservedDynamoDB, table: str) -> DynamoConversationStore:
+    return DynamoConversationStore(table, db, ttl_days=TTL_DAYS)
 
 
 @pytest.fixture
@@ -73,22 +72,18 @@ async def test_new_conversation_is_written_only_when_its_first_turn_commits(
 
 
 async def test_a_turn_whose_history_fails_to_load_gives_its_lease_back(
-    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+    store: DynamoConversationStore, db: ObservedDynamoDB, now: datetime
 ) -> None:
     # Given a conversation whose turns cannot be read right now
     conversation_id = await start_conversation(store, now)
-
-    def fail_query(**_: Any) -> None:
-        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
-
-    dynamodb.meta.events.register("before-call.dynamodb.Query", fail_query)
+    db.failing.add("Query")
 
     # When a turn begins, Then it fails as a dependency outage
     with pytest.raises(DependencyUnavailable):
         await begin(store, conversation_id, now, request_id="req-a")
 
     # And once the database is back the next turn is not blocked by a stale lease
-    dynamodb.meta.events.unregister("before-call.dynamodb.Query", fail_query)
+    db.failing.clear()
     assert (await begin(store, conversation_id, now, request_id="req-b")).turn_count == 1
 
 
@@ -136,26 +131,23 @@ async def test_turn_items_always_outlive_the_meta_of_an_active_conversation(
 
 
 async def test_get_reads_every_page_of_a_long_conversation(
-    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+    store: DynamoConversationStore, db: ObservedDynamoDB, now: datetime
 ) -> None:
     # Given 30 turns of ~60 KB each: more than one 1 MB Query page
     conversation_id = await start_conversation(store, now, turns=30, assistant="x" * 60_000)
-    queries: list[str] = []
-    dynamodb.meta.events.register("before-call.dynamodb.Query", lambda **_: queries.append("query"))
+    queries_before = db.calls["Query"]
 
     # When the owner reads it, Then every turn is there, in order, read page by page
     view = await store.get(conversation_id, ALICE, now)
     assert [turn.turn for turn in view.turns] == list(range(1, 31))
-    assert len(queries) >= 2
+    assert db.calls["Query"] - queries_before >= 2
     assert all(len(turn.assistant) == 60_000 for turn in view.turns)
 
 
 async def test_an_unreachable_database_is_a_dependency_failure(table: str, now: datetime) -> None:
     # Given a client pointed at a port nobody listens on
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{free_port()}",
-        config=Config(connect_timeout=0.5, retries={"total_max_attempts": 1}),
+    client = AsyncDynamoDB.from_environment(
+        0.5, max_attempts=1, endpoint_url=f"http://127.0.0.1:{free_port()}"
     )
     store = DynamoConversationStore(table, client, ttl_days=TTL_DAYS)
 
@@ -166,37 +158,27 @@ async def test_an_unreachable_database_is_a_dependency_failure(table: str, now: 
 
 
 async def test_beginning_a_turn_takes_one_round_trip_and_loads_every_unsummarised_turn(
-    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+    store: DynamoConversationStore, db: ObservedDynamoDB, now: datetime
 ) -> None:
     # Given a conversation with more unsummarised turns than one newest-first page holds
     conversation_id = await start_conversation(store, now, turns=RECENT_TURNS + 5)
-    calls: list[str] = []
-    dynamodb.meta.events.register(
-        "before-call.dynamodb.*", lambda event_name, **_: calls.append(event_name)
-    )
+    db.calls.clear()
 
     # When a turn begins, Then every turn is loaded in order
     state = await begin(store, conversation_id, now, request_id="req-long")
     assert [turn.turn for turn in state.turns] == list(range(1, RECENT_TURNS + 6))
     # And only the older ones needed a second query after the lease + newest page
-    assert sorted(calls) == [
-        "before-call.dynamodb.Query",
-        "before-call.dynamodb.Query",
-        "before-call.dynamodb.UpdateItem",
-    ]
+    assert db.calls == {"Query": 2, "UpdateItem": 1}
 
 
 async def test_a_short_conversation_begins_with_the_lease_and_one_query(
-    store: DynamoConversationStore, dynamodb: DynamoDBClient, now: datetime
+    store: DynamoConversationStore, db: ObservedDynamoDB, now: datetime
 ) -> None:
     # Given a conversation of three turns
     conversation_id = await start_conversation(store, now, turns=3)
-    calls: list[str] = []
-    dynamodb.meta.events.register(
-        "before-call.dynamodb.*", lambda event_name, **_: calls.append(event_name)
-    )
+    db.calls.clear()
 
     # When a turn begins, Then it takes the lease and reads the turns concurrently, nothing more
     state = await begin(store, conversation_id, now, request_id="req-short")
     assert [turn.turn for turn in state.turns] == [1, 2, 3]
-    assert sorted(calls) == ["before-call.dynamodb.Query", "before-call.dynamodb.UpdateItem"]
+    assert db.calls == {"Query": 1, "UpdateItem": 1}

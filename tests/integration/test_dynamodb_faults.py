@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -15,15 +15,16 @@ from tests.conversation_steps import ALICE, TTL_DAYS, begin, make_turn, start_co
 from tests.fault_proxy import FaultProxy
 from tollgate.adapters.aws import request_profile
 from tollgate.adapters.conversation_store import DynamoConversationStore
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
 @pytest.fixture
-def store(faulty_dynamodb: DynamoDBClient, table_names: dict[str, str]) -> DynamoConversationStore:
+def store(faulty_dynamodb: AsyncDynamoDB, table_names: dict[str, str]) -> DynamoConversationStore:
     return DynamoConversationStore(
         table_names["ConversationsTable"], faulty_dynamodb, ttl_days=TTL_DAYS
     )
@@ -90,39 +91,45 @@ async def test_a_turn_whose_lease_answer_was_lost_still_begins(
     assert await store.commit_turn(state, "req-2", make_turn(2), now=now, release_lease=True)
 
 
-def test_writes_held_by_a_paused_server_land_after_their_client_gave_up(
+async def test_writes_held_by_a_paused_server_land_after_their_client_gave_up(
     fault_proxy: FaultProxy, table_names: dict[str, str]
 ) -> None:
     # Given a client that waits 0.3 s per try, three tries, and a server paused for longer
-    client = boto3.client(
-        "dynamodb", endpoint_url=fault_proxy.url, config=request_profile(0.3, 3).config()
-    )
+    client = AsyncDynamoDB.from_environment(0.3, 3, endpoint_url=fault_proxy.url)
     table = table_names["UsageTable"]
     key = {"pk": {"S": "USER#held"}, "sk": {"S": "DAY#2026-03-01"}}
     fault_proxy.pause(1.5)
 
     # When a non-idempotent ADD is sent and the client gives up
     with pytest.raises(BotoCoreError):
-        client.update_item(
-            TableName=table,
-            Key=key,
-            UpdateExpression="ADD tokens :one",
-            ExpressionAttributeValues={":one": {"N": "1"}},
+        await client.call(
+            "UpdateItem",
+            {
+                "TableName": table,
+                "Key": key,
+                "UpdateExpression": "ADD tokens :one",
+                "ExpressionAttributeValues": {":one": {"N": "1"}},
+            },
         )
 
     # Then every try it sent still lands once the server is back: the ADD counts three times
-    deadline = time.monotonic() + 10
-    while fault_proxy.forwarded("UpdateItem") < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    item = client.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+    for _ in range(200):
+        if fault_proxy.forwarded("UpdateItem") >= 3:
+            break
+        await asyncio.sleep(0.05)
+    read = {"TableName": table, "Key": key, "ConsistentRead": True}
+    item = (await client.call("GetItem", read))["Item"]
     assert item["tokens"]["N"] == "3"
 
 
 def test_the_proxy_serves_connections_concurrently(
-    fault_proxy: FaultProxy, faulty_dynamodb: DynamoDBClient, table_names: dict[str, str]
+    fault_proxy: FaultProxy, table_names: dict[str, str]
 ) -> None:
-    # Given a proxy that slows every request
+    # Given a proxy that slows every request, and botocore clients (one connection each)
     fault_proxy.delay_s = 0.5
+    faulty_dynamodb = boto3.client(
+        "dynamodb", endpoint_url=fault_proxy.url, config=request_profile().config()
+    )
 
     # When eight clients read at once
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -20,9 +20,9 @@ NOW = 1_900_000_000
 def new_cache(request: pytest.FixtureRequest) -> Callable[[], ReplyCache]:
     if request.param == "memory":
         return MemoryReplyCache
-    dynamodb = request.getfixturevalue("dynamodb")
+    db = request.getfixturevalue("db")
     table = request.getfixturevalue("table_names")["ConversationsTable"]
-    return lambda: DynamoReplyCache(table, dynamodb)
+    return lambda: DynamoReplyCache(table, db)
 
 
 def test_a_reply_is_found_until_it_expires(new_cache) -> None:

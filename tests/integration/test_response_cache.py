@@ -265,7 +265,7 @@ def test_hits_count_toward_the_rate_limit(gateway_factory, offline_model):
 
 
 def test_a_hit_is_served_when_the_budget_is_spent_and_still_counts_toward_the_rate(
-    gateway_factory, offline_model, table_names, dynamodb
+    gateway_factory, offline_model, table_names, db
 ):
     # Given a stored reply, and users whose daily budget admits no upstream call at all
     with gateway_factory(cache_ttl_s=300, daily_token_limit=0, rate_limit_per_minute=2) as gw:
@@ -277,7 +277,7 @@ def test_a_hit_is_served_when_the_budget_is_spent_and_still_counts_toward_the_ra
             model=gw.settings.model_chain[0],
             cap=gw.settings.max_output_tokens,
         )
-        store = DynamoReplyCache(table_names["ConversationsTable"], dynamodb)
+        store = DynamoReplyCache(table_names["ConversationsTable"], db)
         reply = CachedReply("Stored answer, word for word.", "gpt-4o-mini", 1234, 4_000_000_000)
         asyncio.run(store.put(key, reply))
         # When a new question and the stored one are asked

@@ -49,8 +49,8 @@ def conversation_store(request: pytest.FixtureRequest, backend: str) -> Conversa
     from tollgate.adapters.conversation_store import DynamoConversationStore
 
     tables = request.getfixturevalue("table_names")
-    client = request.getfixturevalue("dynamodb")
-    return DynamoConversationStore(tables["ConversationsTable"], client, ttl_days=TTL_DAYS)
+    db = request.getfixturevalue("db")
+    return DynamoConversationStore(tables["ConversationsTable"], db, ttl_days=TTL_DAYS)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def request_registry(request: pytest.FixtureRequest, backend: str) -> RequestReg
     from tollgate.adapters.usage_store import DynamoRequestRegistry
 
     tables = request.getfixturevalue("table_names")
-    return DynamoRequestRegistry(tables["UsageTable"], request.getfixturevalue("dynamodb"))
+    return DynamoRequestRegistry(tables["UsageTable"], request.getfixturevalue("db"))
 
 
 @pytest.fixture

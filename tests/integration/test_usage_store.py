@@ -29,9 +29,9 @@ StoreFactory = Callable[[], UsageStore]
 def new_store(request: pytest.FixtureRequest) -> StoreFactory:
     if request.param == "memory":
         return MemoryUsageStore
-    dynamodb = request.getfixturevalue("dynamodb")
+    db = request.getfixturevalue("db")
     table = request.getfixturevalue("table_names")["UsageTable"]
-    return lambda: DynamoUsageStore(table, dynamodb)
+    return lambda: DynamoUsageStore(table, db)
 
 
 def user_day(user: str) -> Account:

@@ -3,7 +3,7 @@ right function, and nothing else is granted.
 
 The calls are read statically from src/: each module reachable by imports from a function's
 entry point is parsed, and every boto3 operation it names — `client.put_item(...)`,
-`partial(client.batch_write_item, ...)`, `table.call("update_item", ...)`,
+`partial(client.batch_write_item, ...)`, `db.call("UpdateItem", ...)`,
 `get_paginator("...")`, the items of a `transact_write_items` — becomes the IAM action of
 that operation (botocore's own service models name them), on the resource the enclosing
 adapter class works on.
@@ -40,6 +40,7 @@ RESOURCES: dict[str, tuple[str, Any]] = {
     "AlertLatch": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
     "SnsNotifier": ("sns", {"Ref": "AlarmTopic"}),
     "DynamoConversationStore": ("dynamodb", {"GetAtt": "ConversationsTable.Arn"}),
+    "DynamoReplyCache": ("dynamodb", {"GetAtt": "ConversationsTable.Arn"}),
     "RollupStore": ("dynamodb", {"GetAtt": "RollupsTable.Arn"}),
     "UserSettledSpend": ("dynamodb", {"Sub": "${UsageTable.Arn}/index/by-day"}),
     "GlobalShardCounters": ("dynamodb", {"GetAtt": "UsageTable.Arn"}),
@@ -128,12 +129,13 @@ def called_operations(tree: ast.Module, known: set[str]) -> Iterator[tuple[ast.A
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("call", "get_paginator")
+            and node.func.attr in ("call", "_call", "get_paginator")
             and node.args
             and isinstance(node.args[0], ast.Constant)
-            and node.args[0].value in known
+            and isinstance(node.args[0].value, str)
+            and xform_name(node.args[0].value) in known
         ):
-            yield node, str(node.args[0].value)
+            yield node, xform_name(node.args[0].value)
         elif (
             isinstance(node, ast.Attribute)
             and node.attr in known

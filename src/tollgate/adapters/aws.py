@@ -19,7 +19,7 @@ from botocore.loaders import JSONFileLoader, Loader
 from tollgate.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 T = TypeVar("T")
 
@@ -126,12 +126,6 @@ def aws_client(service: str, profile: ClientProfile) -> Any:
     if service not in ENDPOINT_PREFIXES:
         raise ValueError(f"add {service!r}'s endpoint prefix to ENDPOINT_PREFIXES first")
     return aws_session().create_client(service, config=profile.config())
-
-
-def dynamodb_client(
-    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
-) -> DynamoDBClient:
-    return cast("DynamoDBClient", aws_client("dynamodb", request_profile(timeout_s, max_attempts)))
 
 
 _executor: ThreadPoolExecutor | None = None

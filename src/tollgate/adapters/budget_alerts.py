@@ -24,21 +24,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tollgate.adapters.aws import (
-    aws_client,
-    dynamodb_client,
-    is_condition_failure,
-    request_profile,
-    run_blocking,
-)
+from tollgate.adapters.aws import aws_client, is_condition_failure, request_profile, run_blocking
 from tollgate.adapters.budget_keys import WINDOW_PREFIX
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.budget import expires_at
 from tollgate.observability import CostRecorder
 from tollgate.ports import Account, BudgetCounters, Limits
 from tollgate.pricing import micros_to_usd
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sns import SNSClient
 
 THRESHOLDS = (80, 100)
@@ -75,21 +69,23 @@ def alert_key(account: Account, threshold: int) -> dict[str, Any]:
 class AlertLatch:
     """One item per (scope, owner, window, threshold): the first writer wins."""
 
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
         self._table = table_name
-        self._client = client or dynamodb_client()
+        self._db = db or AsyncDynamoDB.from_environment()
 
     async def take(self, account: Account, threshold: int) -> bool:
         """True if this call created the item (and so must notify)."""
         try:
-            await run_blocking(
-                self._client.put_item,
-                TableName=self._table,
-                Item={
-                    **alert_key(account, threshold),
-                    "expires_at": {"N": str(expires_at(account))},
+            await self._db.call(
+                "PutItem",
+                {
+                    "TableName": self._table,
+                    "Item": {
+                        **alert_key(account, threshold),
+                        "expires_at": {"N": str(expires_at(account))},
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
                 },
-                ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -98,8 +94,8 @@ class AlertLatch:
         return True
 
     async def give_back(self, account: Account, threshold: int) -> None:
-        await run_blocking(
-            self._client.delete_item, TableName=self._table, Key=alert_key(account, threshold)
+        await self._db.call(
+            "DeleteItem", {"TableName": self._table, "Key": alert_key(account, threshold)}
         )
 
 

@@ -8,15 +8,13 @@ item: idempotent). TTL deletes lazily, so a read checks `expires_at` itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tollgate.adapters.aws import as_unavailable, dynamodb_client, run_blocking
+from tollgate.adapters.aws import as_unavailable
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.ports import CachedReply
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 SORT_KEY = "REPLY"
 
@@ -26,15 +24,13 @@ def cache_key(key: str) -> dict[str, Any]:
 
 
 class DynamoReplyCache:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
         self._table = table_name
-        self._client = client or dynamodb_client()
+        self._db = db or AsyncDynamoDB.from_environment()
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response: dict[str, Any] = await run_blocking(
-                getattr(self._client, operation), TableName=self._table, **kwargs
-            )
+            response = await self._db.call(operation, {"TableName": self._table, **kwargs})
         except (ClientError, BotoCoreError) as exc:
             unavailable = as_unavailable(exc)
             if unavailable is not None:
@@ -44,7 +40,7 @@ class DynamoReplyCache:
 
     async def get(self, key: str, now: int) -> CachedReply | None:
         # Eventually consistent: a reply stored a moment ago may be missed once, never wrong.
-        response = await self._call("get_item", Key=cache_key(key))
+        response = await self._call("GetItem", Key=cache_key(key))
         item = response.get("Item")
         if item is None or int(item["expires_at"]["N"]) <= now:
             return None
@@ -57,7 +53,7 @@ class DynamoReplyCache:
 
     async def put(self, key: str, reply: CachedReply) -> None:
         await self._call(
-            "put_item",
+            "PutItem",
             Item={
                 **cache_key(key),
                 "text": {"S": reply.text},

@@ -22,21 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from tollgate.adapters.aws import (
-    as_unavailable,
-    blocking_executor,
-    dynamodb_client,
-    is_condition_failure,
-    item_on_failure,
-)
+from tollgate.adapters.aws import as_unavailable, is_condition_failure, item_on_failure
 from tollgate.adapters.conversation_items import (
     LAST_TURN_KEY,
     META,
@@ -53,6 +45,7 @@ from tollgate.adapters.conversation_items import (
     turn_from_item,
     turn_key,
 )
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.conversations import (
     epoch,
     is_conversation_id,
@@ -63,7 +56,6 @@ from tollgate.errors import ConversationLimit, DependencyUnavailable, NotFound, 
 from tollgate.ports import ConversationState, ConversationView, Turn
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import (
         AttributeValueTypeDef,
         TransactWriteItemTypeDef,
@@ -71,8 +63,6 @@ if TYPE_CHECKING:
     )
 
     Item = Mapping[str, AttributeValueTypeDef]
-
-T = TypeVar("T")
 
 # Turns outlive META by construction; this slack covers the turn in flight between
 # begin_turn (which refreshes turn expiry) and commit_turn (which extends META's).
@@ -84,26 +74,17 @@ UNPROCESSED_RETRIES = 8
 
 
 class DynamoConversationStore:
-    def __init__(
-        self,
-        table_name: str,
-        client: DynamoDBClient | None = None,
-        *,
-        ttl_days: int,
-        executor: Executor | None = None,
-    ) -> None:
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None = None, *, ttl_days: int) -> None:
         self._table = table_name
-        self._client = client or dynamodb_client()
+        self._db = db or AsyncDynamoDB.from_environment()
         self._ttl = timedelta(days=ttl_days)
-        self._executor = executor or blocking_executor()
 
     # ------------------------------------------------------------ plumbing
 
-    async def _call(self, call: Callable[[], T]) -> T:
-        """Run one blocking boto3 call in the executor; outages become DependencyUnavailable."""
-        loop = asyncio.get_running_loop()
+    async def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One DynamoDB call; outages become DependencyUnavailable."""
         try:
-            return await loop.run_in_executor(self._executor, call)
+            return await self._db.call(operation, params)
         except Exception as exc:
             unavailable = as_unavailable(exc)
             if unavailable is not None:
@@ -159,10 +140,10 @@ class DynamoConversationStore:
             request["ProjectionExpression"] = "pk, sk"
         if newest_first is not None:
             request.update(ScanIndexForward=False, Limit=newest_first)
-            page = await self._call(lambda: self._client.query(**request))
+            page = await self._call("Query", request)
             return list(page.get("Items", []))
         while True:
-            page = await self._call(lambda: self._client.query(**request))
+            page = await self._call("Query", request)
             items.extend(page.get("Items", []))
             last_key = page.get("LastEvaluatedKey")
             if not last_key:
@@ -175,13 +156,14 @@ class DynamoConversationStore:
         if not is_conversation_id(conversation_id):
             raise NotFound("conversation not found")
         response = await self._call(
-            lambda: self._client.get_item(
-                TableName=self._table,
-                Key=conversation_key(conversation_id, META),
-                ConsistentRead=True,
-            )
+            "GetItem",
+            {
+                "TableName": self._table,
+                "Key": conversation_key(conversation_id, META),
+                "ConsistentRead": True,
+            },
         )
-        meta = response.get("Item")
+        meta: dict[str, AttributeValueTypeDef] | None = response.get("Item")
         if meta is None or not meta_is_live(meta, user_id, now):
             raise NotFound("conversation not found")
         return meta
@@ -250,27 +232,28 @@ class DynamoConversationStore:
     ) -> dict[str, AttributeValueTypeDef]:
         try:
             response = await self._call(
-                lambda: self._client.update_item(
-                    TableName=self._table,
-                    Key=conversation_key(conversation_id, META),
-                    UpdateExpression="SET lease_request = :rid, lease_until = :until",
-                    ConditionExpression=(
+                "UpdateItem",
+                {
+                    "TableName": self._table,
+                    "Key": conversation_key(conversation_id, META),
+                    "UpdateExpression": "SET lease_request = :rid, lease_until = :until",
+                    "ConditionExpression": (
                         "#owner = :user AND expires_at > :now AND total_tokens < :limit"
                         # conversations.lease_is_free
                         " AND (attribute_not_exists(lease_until) OR lease_until < :now"
                         " OR lease_request = :rid)"
                     ),
-                    ExpressionAttributeNames={"#owner": "owner"},
-                    ExpressionAttributeValues={
+                    "ExpressionAttributeNames": {"#owner": "owner"},
+                    "ExpressionAttributeValues": {
                         ":rid": attr_s(request_id),
                         ":until": attr_n(lease_until.timestamp()),
                         ":user": attr_s(user_id),
                         ":now": attr_n(now.timestamp()),
                         ":limit": attr_n(token_limit),
                     },
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
+                    "ReturnValues": "ALL_NEW",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                },
             )
         except ClientError as exc:
             if not is_condition_failure(exc):
@@ -283,7 +266,8 @@ class DynamoConversationStore:
                     "this conversation has reached its size limit; start a new one"
                 ) from exc
             raise TurnConflict("another turn of this conversation is in progress") from exc
-        return response["Attributes"]
+        attributes: dict[str, AttributeValueTypeDef] = response["Attributes"]
+        return attributes
 
     async def _keep_turns_alive(
         self, conversation_id: str, request_id: str, meta: Item, now: datetime
@@ -300,14 +284,15 @@ class DynamoConversationStore:
         async def refresh(key: dict[str, AttributeValueTypeDef]) -> None:
             try:
                 await self._call(
-                    lambda: self._client.update_item(
-                        TableName=self._table,
-                        Key={"pk": key["pk"], "sk": key["sk"]},
-                        UpdateExpression="SET expires_at = :expires",
+                    "UpdateItem",
+                    {
+                        "TableName": self._table,
+                        "Key": {"pk": key["pk"], "sk": key["sk"]},
+                        "UpdateExpression": "SET expires_at = :expires",
                         # never recreate a turn that a concurrent DELETE removed
-                        ConditionExpression="attribute_exists(pk)",
-                        ExpressionAttributeValues={":expires": attr_n(new_expiry)},
-                    )
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeValues": {":expires": attr_n(new_expiry)},
+                    },
                 )
             except ClientError as exc:
                 if not is_condition_failure(exc):
@@ -316,16 +301,17 @@ class DynamoConversationStore:
         await asyncio.gather(*(refresh(key) for key in keys))
         try:
             await self._call(
-                lambda: self._client.update_item(
-                    TableName=self._table,
-                    Key=conversation_key(conversation_id, META),
-                    UpdateExpression="SET turns_expire_at = :expires",
-                    ConditionExpression="lease_request = :rid",
-                    ExpressionAttributeValues={
+                "UpdateItem",
+                {
+                    "TableName": self._table,
+                    "Key": conversation_key(conversation_id, META),
+                    "UpdateExpression": "SET turns_expire_at = :expires",
+                    "ConditionExpression": "lease_request = :rid",
+                    "ExpressionAttributeValues": {
                         ":expires": attr_n(new_expiry),
                         ":rid": attr_s(request_id),
                     },
-                )
+                },
             )
         except ClientError as exc:
             if not is_condition_failure(exc):
@@ -339,13 +325,14 @@ class DynamoConversationStore:
     async def _release(self, conversation_id: str, request_id: str) -> None:
         try:
             await self._call(
-                lambda: self._client.update_item(
-                    TableName=self._table,
-                    Key=conversation_key(conversation_id, META),
-                    UpdateExpression="REMOVE lease_request, lease_until",
-                    ConditionExpression="lease_request = :rid",
-                    ExpressionAttributeValues={":rid": attr_s(request_id)},
-                )
+                "UpdateItem",
+                {
+                    "TableName": self._table,
+                    "Key": conversation_key(conversation_id, META),
+                    "UpdateExpression": "REMOVE lease_request, lease_until",
+                    "ConditionExpression": "lease_request = :rid",
+                    "ExpressionAttributeValues": {":rid": attr_s(request_id)},
+                },
             )
         except ClientError as exc:
             if not is_condition_failure(exc):
@@ -389,17 +376,15 @@ class DynamoConversationStore:
             else meta_update(self._table, self._ttl, state, request_id, tokens, now, release_lease)
         )
         try:
-            await self._call(
-                lambda: self._client.transact_write_items(TransactItems=[meta_write, turn_put])
-            )
+            await self._call("TransactWriteItems", {"TransactItems": [meta_write, turn_put]})
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             if not cancelled_by_condition(exc):
                 # a TransactionConflict with a concurrent write, or throttling: retry shortly
                 raise DependencyUnavailable("the database is busy", retry_after=1) from exc
-            # botocore resends a transaction whose answer was lost. DynamoDB answers the resend
-            # from its ClientRequestToken (botocore keeps it across retries); a server that does
+            # The client resends a transaction whose answer was lost. DynamoDB answers the resend
+            # from its ClientRequestToken (kept across retries); a server that does
             # not (moto: the local run) refuses it on the conditions our first try changed.
             # The turn item says whether this request's commit landed.
             return await self._committed_by(state.conversation_id, turn.turn, request_id)
@@ -407,12 +392,13 @@ class DynamoConversationStore:
 
     async def _committed_by(self, conversation_id: str, turn: int, request_id: str) -> bool:
         response = await self._call(
-            lambda: self._client.get_item(
-                TableName=self._table,
-                Key=conversation_key(conversation_id, turn_key(turn)),
-                ConsistentRead=True,
-                ProjectionExpression="request_id",
-            )
+            "GetItem",
+            {
+                "TableName": self._table,
+                "Key": conversation_key(conversation_id, turn_key(turn)),
+                "ConsistentRead": True,
+                "ProjectionExpression": "request_id",
+            },
         )
         item = response.get("Item")
         return item is not None and str_of(item, "request_id") == request_id
@@ -430,16 +416,17 @@ class DynamoConversationStore:
     ) -> bool:
         try:
             await self._call(
-                lambda: self._client.update_item(
-                    TableName=self._table,
-                    Key=conversation_key(state.conversation_id, META),
-                    UpdateExpression=(
+                "UpdateItem",
+                {
+                    "TableName": self._table,
+                    "Key": conversation_key(state.conversation_id, META),
+                    "UpdateExpression": (
                         "SET summary = :summary, summary_through_turn = :through,"
                         " summary_tokens = :summary_tokens, last_active = :now"
                         " ADD total_tokens :charged REMOVE lease_request, lease_until"
                     ),
-                    ConditionExpression="lease_request = :rid",
-                    ExpressionAttributeValues={
+                    "ConditionExpression": "lease_request = :rid",
+                    "ExpressionAttributeValues": {
                         ":summary": attr_s(summary),
                         ":through": attr_n(through_turn),
                         ":summary_tokens": attr_n(summary_tokens),
@@ -447,7 +434,7 @@ class DynamoConversationStore:
                         ":now": attr_s(iso_utc(now)),
                         ":rid": attr_s(request_id),
                     },
-                )
+                },
             )
         except ClientError as exc:
             if not is_condition_failure(exc):
@@ -477,16 +464,17 @@ class DynamoConversationStore:
         try:
             # META first: an in-flight commit is conditioned on it and fails from here on.
             await self._call(
-                lambda: self._client.delete_item(
-                    TableName=self._table,
-                    Key=conversation_key(conversation_id, META),
-                    ConditionExpression="#owner = :user AND expires_at > :now",
-                    ExpressionAttributeNames={"#owner": "owner"},
-                    ExpressionAttributeValues={
+                "DeleteItem",
+                {
+                    "TableName": self._table,
+                    "Key": conversation_key(conversation_id, META),
+                    "ConditionExpression": "#owner = :user AND expires_at > :now",
+                    "ExpressionAttributeNames": {"#owner": "owner"},
+                    "ExpressionAttributeValues": {
                         ":user": attr_s(user_id),
                         ":now": attr_n(now.timestamp()),
                     },
-                )
+                },
             )
         except ClientError as exc:
             if not is_condition_failure(exc):
@@ -503,9 +491,7 @@ class DynamoConversationStore:
     async def _batch_delete(self, requests: list[WriteRequestTypeDef]) -> None:
         pending: Sequence[WriteRequestTypeDef] = requests
         for attempt in range(UNPROCESSED_RETRIES):
-            response = await self._call(
-                partial(self._client.batch_write_item, RequestItems={self._table: pending})
-            )
+            response = await self._call("BatchWriteItem", {"RequestItems": {self._table: pending}})
             unprocessed = response.get("UnprocessedItems", {}).get(self._table, [])
             pending = cast("list[WriteRequestTypeDef]", unprocessed)  # same shape, output type
             if not pending:

@@ -4,29 +4,21 @@ A budget item's `tokens` / `cost_micros` hold settled usage plus open holds, so 
 conditional UpdateItem can admit a request: `tokens <= limit - hold` (DynamoDB conditions
 cannot add). Each open hold is also kept as its own pair of attributes (`rt_<request_id>`,
 `rc_<request_id>`), written with SET under a condition on their previous value: a write
-that botocore retries after it landed finds the hold already in place and changes nothing;
+that the client retries after it landed finds the hold already in place and changes nothing;
 settling and releasing remove the pair under the same kind of condition.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tollgate.adapters.aws import (
-    as_unavailable,
-    dynamodb_client,
-    is_condition_failure,
-    item_on_failure,
-    run_blocking,
-)
+from tollgate.adapters.aws import as_unavailable, is_condition_failure, item_on_failure
 from tollgate.adapters.budget_keys import budget_key
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB
 from tollgate.ports import Account, Amount, BudgetCounters, Limits, RateWindow, RateWindowFull
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 _COUNTERS = ("tokens", "cost_micros", "reserved_tokens", "reserved_micros", "requests")
 
@@ -66,16 +58,15 @@ def _n(value: int) -> dict[str, str]:
 
 
 class _Table:
-    """One table's calls, off the event loop, with outages mapped to DependencyUnavailable."""
+    """One table's calls, with outages mapped to DependencyUnavailable."""
 
-    def __init__(self, table_name: str, client: DynamoDBClient | None) -> None:
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None) -> None:
         self._table = table_name
-        self._client = client or dynamodb_client()
+        self._db = db or AsyncDynamoDB.from_environment()
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        method = getattr(self._client, operation)
         try:
-            response: dict[str, Any] = await run_blocking(method, TableName=self._table, **kwargs)
+            response = await self._db.call(operation, {"TableName": self._table, **kwargs})
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and is_condition_failure(exc):
                 raise
@@ -87,8 +78,8 @@ class _Table:
 
 
 class DynamoUsageStore:
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self._table = _Table(table_name, client)
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
+        self._table = _Table(table_name, db)
 
     async def reserve(
         self,
@@ -155,7 +146,7 @@ class DynamoUsageStore:
             update += f" REMOVE {', '.join(removes)}"
         try:
             response = await self._table.call(
-                "update_item",
+                "UpdateItem",
                 Key=budget_key(account),
                 UpdateExpression=update,
                 ConditionExpression=" AND ".join(conditions),
@@ -204,7 +195,7 @@ class DynamoUsageStore:
             adds += ", requests :one"
         try:
             response = await self._table.call(
-                "update_item",
+                "UpdateItem",
                 Key=budget_key(account),
                 UpdateExpression=f"{adds} REMOVE #rt, #rc",
                 ConditionExpression="#rt = :ht AND #rc = :hc",
@@ -241,7 +232,7 @@ class DynamoUsageStore:
     async def _bar(self, account: Account, request_id: str) -> None:
         """Mark the request closed before closing its hold: no late write can land after."""
         await self._table.call(
-            "update_item",
+            "UpdateItem",
             Key=budget_key(account),
             UpdateExpression="SET #rx = :one",
             ExpressionAttributeNames={"#rx": _released_name(request_id)},
@@ -249,7 +240,7 @@ class DynamoUsageStore:
         )
 
     async def counters(self, account: Account) -> BudgetCounters:
-        response = await self._table.call("get_item", Key=budget_key(account), ConsistentRead=True)
+        response = await self._table.call("GetItem", Key=budget_key(account), ConsistentRead=True)
         return _counters(account.period, response.get("Item"))
 
     async def count_rate(
@@ -277,7 +268,7 @@ class DynamoUsageStore:
             names["#day"] = "day"
         try:
             await self._table.call(
-                "update_item",
+                "UpdateItem",
                 Key=budget_key(account),
                 UpdateExpression=f"SET {', '.join(sets)} ADD #rate :one REMOVE #previous",
                 ConditionExpression=(
@@ -300,12 +291,12 @@ class DynamoUsageStore:
 class DynamoRequestRegistry:
     """`REQ#<id>` items in the usage table, written only when a cancel is asked for."""
 
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
-        self._table = _Table(table_name, client)
+    def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
+        self._table = _Table(table_name, db)
 
     async def signal_cancel(self, request_id: str, expires_at: int) -> None:
         await self._table.call(
-            "put_item",
+            "PutItem",
             Item={
                 **request_key(request_id),
                 "cancel_at": _n(int(time.time())),
@@ -315,7 +306,7 @@ class DynamoRequestRegistry:
 
     async def is_cancelled(self, request_id: str) -> bool:
         response = await self._table.call(
-            "get_item",
+            "GetItem",
             Key=request_key(request_id),
             ConsistentRead=True,
             ProjectionExpression="cancel_at",
