@@ -12,6 +12,9 @@ and without OpenAI's prompt caching, billed three ways:
             summary calls' own tokens at the summary model's prices
   previous  the same without FoldEconomics: fold past the target down to half of it
 
+"folds" counts managed's summary calls with prompt caching, "forced" those that
+HISTORY_TOKEN_TARGET forced (the rest are early folds the economics chose).
+
 Messages are deterministic pseudo-English (users 20-150 words, replies 80-300 words);
 every prompt is counted with the real o200k tokenizer (all three families use it). A
 turn's reply is the same in every strategy, so only input and summary calls differ; the
@@ -263,12 +266,14 @@ class Bill:
     chat: dict[int, Tally]
     summary: dict[int, Tally]
     summary_calls: dict[int, int]
+    forced_calls: dict[int, int]  # folds the target forced, whatever the economics said
 
     @classmethod
     def at(cls, checkpoints: Sequence[int]) -> Bill:
         return cls(
             {n: Tally() for n in checkpoints},
             {n: Tally() for n in checkpoints},
+            dict.fromkeys(checkpoints, 0),
             dict.fromkeys(checkpoints, 0),
         )
 
@@ -355,6 +360,7 @@ def bill_managed(
             plan = plan_summary(summary_tokens, pending, target, economics=economics)
             if plan is None:
                 continue
+            forced = summary_tokens + sum(turn.history_tokens for turn in pending) > target
             request = summary_request_messages(setting.summary_prompt, summary, plan.fold)
             folded_words = sum(len(f"{t.user} {t.assistant}".split()) for t in plan.fold)
             previous_words = len(summary.split()) if summary else 0
@@ -372,6 +378,7 @@ def bill_managed(
                     family.summary_price, request_tokens, request_cached, summary_output
                 )
                 bill.summary_calls[checkpoint] += 1
+                bill.forced_calls[checkpoint] += forced
             summary_tokens = summary_history_tokens(count, summary)
             pending = plan.keep
     return bill
@@ -427,6 +434,7 @@ def run_grid(
                             previous.total(checkpoint).cost(caching=caching) / naive_micros
                         ),
                         "summary_calls": managed.summary_calls[checkpoint],
+                        "forced_summary_calls": managed.forced_calls[checkpoint],
                         "summary_usd": managed.summary[checkpoint].cost(caching=caching)
                         / 1_000_000,
                         "largest_prompt": chat.largest_prompt,
@@ -682,7 +690,7 @@ def render_grid(result: dict[str, Any]) -> str:
         "Cost ratio managed / naive (previous policy in brackets); $ = managed total.",
         "",
         f"{'family (summary model)':30}{'turns':>6}  {'no caching':>26}  {'prompt caching':>26}"
-        f"{'folds':>7}{'largest prompt':>16}",
+        f"{'folds':>7}{'forced':>7}{'largest prompt':>16}",
     ]
     by_key = {(c["family"], c["turns"], c["caching"]): c for c in result["cells"]}
     for family in parameters["families"]:
@@ -692,7 +700,7 @@ def render_grid(result: dict[str, Any]) -> str:
             on = by_key[(family["model"], turns, True)]
             lines.append(
                 f"{label:30}{turns:>6}  {cell_text(off):>26}  {cell_text(on):>26}"
-                f"{on['summary_calls']:>7}"
+                f"{on['summary_calls']:>7}{on['forced_summary_calls']:>7}"
                 f"{on['largest_prompt']:>7,} / {on['naive_largest_prompt']:<7,}"
             )
             label = ""

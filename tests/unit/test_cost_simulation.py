@@ -104,6 +104,7 @@ def test_the_grid_bills_every_cell_and_the_response_cache_saves_what_it_hits(
     # and 5-turn conversations never reach the target: managed is naive exactly
     assert all(cell["ratio"] == 1.0 for cell in cells if cell["turns"] == 5)
     assert all(cell["summary_calls"] > 0 for cell in cells if cell["turns"] == 20)
+    assert all(0 <= cell["forced_summary_calls"] <= cell["summary_calls"] for cell in cells)
     # and the response cache never saves more than its hit rate plus sampling noise allows
     cache = result["response_cache"]
     assert 0.3 < cache["hit_rate"] <= cache["repeat_share"] <= 0.41

@@ -11,7 +11,9 @@ from tollgate.adapters.tokenizer import token_counter
 from tollgate.history import (
     SUMMARY_FRAMING,
     FoldEconomics,
+    SummaryPlan,
     build_messages,
+    early_fold_net_micros,
     history_window,
     plan_summary,
     summary_history_tokens,
@@ -295,6 +297,41 @@ def test_an_early_fold_waits_until_the_conversation_has_lasted_long_enough() -> 
     turns = make_turns([2000] * 20, first=11)
 
     assert plan_summary(2000, turns, 100_000, economics=GPT_4O_MINI) is None
+
+
+# The first 14 turns of the cost simulation's first conversation (o200k tokens each).
+SIMULATED_TURNS = [423, 221, 409, 187, 375, 191, 295, 378, 347, 343, 329, 283, 193, 328]
+
+
+def test_below_the_target_a_cached_gpt_5_mini_history_is_never_folded_early() -> None:
+    # Given gpt-5-mini's 90 % cache discount and a summary model billing 256 hidden
+    # reasoning tokens: carrying 3,974 cached tokens costs ~99 µ$ a turn, a fold ~700 µ$
+    # (the summary call plus the cache misses of the rewritten prefix)
+    for turn_count in range(2, 14):
+        turns = make_turns(SIMULATED_TURNS[:turn_count])
+        plan = plan_summary(0, turns, 4000, economics=GPT_5_MINI)
+
+        # Then no turn up to the 13th folds: by the policy's own estimate it cannot repay
+        assert plan is None, turn_count
+    thirteen = make_turns(SIMULATED_TURNS[:13])
+    fold_now = SummaryPlan(fold=thirteen[:-1], keep=thirteen[-1:], through_turn=12)
+    assert early_fold_net_micros(0, fold_now, 4000, GPT_5_MINI) == -974.875
+
+
+def test_past_the_target_a_cached_gpt_5_mini_history_folds_even_at_a_loss() -> None:
+    # Given the 14th turn, which takes the history to 4,302 tokens, past the target
+    turns = make_turns(SIMULATED_TURNS)
+
+    # When planning with economics under which no early fold would pay
+    plan = plan_summary(0, turns, 4000, economics=GPT_5_MINI)
+
+    # Then the ceiling wins: turns 1-13 fold and only the 14th stays verbatim. (In the
+    # simulation its summary call costs 444 µ$ and turns 15-20 save 281 µ$ on their
+    # prompts: this forced fold is why 20 cached gpt-5-mini turns cost more than naive.)
+    assert plan is not None
+    assert [turn.turn for turn in plan.fold] == list(range(1, 14))
+    assert [turn.turn for turn in plan.keep] == [14]
+    assert early_fold_net_micros(0, plan, 4000, GPT_5_MINI) < 0
 
 
 @given(turn_sizes, targets, st.integers(min_value=0, max_value=5000), economics)
