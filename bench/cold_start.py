@@ -7,7 +7,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,8 +41,11 @@ def cold_start_once(
     log: IO[bytes],
     poll_s: float = 0.005,
     launcher: Sequence[str] = (),
+    when_ready: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Process start → /health 200 (polled like the Web Adapter) → first token."""
+    """Process start → /health 200 (polled like the Web Adapter) → first token.
+
+    `when_ready(pid)` runs between the two (e.g. moving the process to another CPU group)."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -59,6 +62,8 @@ def cold_start_once(
                 raise RuntimeError(f"cold start of {args} failed")
             time.sleep(poll_s)
         ready = time.perf_counter()
+        if when_ready is not None:
+            when_ready(process.pid)
         path, body, headers, marker = request
         first_token_s = stream_request(port, path, body, headers, marker).first_token_s
         arrived = ready + first_token_s

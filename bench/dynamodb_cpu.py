@@ -1,4 +1,4 @@
-"""What one DynamoDB call costs the gateway in CPU: botocore, the gateway's client, the floor.
+"""What one DynamoDB call costs the gateway in CPU: botocore, the gateway's client, http.client.
 
 In this process, against the bench's moto server (its own process), one conditional
 UpdateItem shaped like a budget reservation is sent by each client in turn, in
@@ -9,8 +9,8 @@ hop to a worker thread counts:
   event loop through a worker thread, as the gateway called it before
   tollgate.adapters.dynamodb_http;
 - `gateway`: tollgate.adapters.dynamodb_http.AsyncDynamoDB on the event loop (uvloop);
-- `floor`: the same request, signed once, replayed with http.client on the loop's thread
-  and JSON-decoded: no signing, no retry logic, no parsing beyond json.loads.
+- `http.client`: the same request, signed once, replayed with http.client on the loop's
+  thread and JSON-decoded: no signing, no retry logic, no parsing beyond json.loads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bench.processes import AWS_ENV, TABLES, async_dynamodb
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-CLIENTS = ("botocore", "gateway", "floor")
+CLIENTS = ("botocore", "gateway", "http.client")
 
 
 def _reservation(table: str) -> dict[str, Any]:
@@ -84,14 +84,14 @@ async def _per_call(moto_url: str, calls: int, blocks: int) -> dict[str, float]:
     async def via_gateway() -> None:
         await gateway.call("UpdateItem", params)
 
-    async def via_floor() -> None:
+    async def via_replay() -> None:
         replay.request("POST", "/", captured["body"], captured["headers"])
         json.loads(replay.getresponse().read() or b"{}")
 
     senders: dict[str, Callable[[], Awaitable[None]]] = {
         "botocore": via_botocore,
         "gateway": via_gateway,
-        "floor": via_floor,
+        "http.client": via_replay,
     }
     for send in senders.values():  # warm: connections, models
         for _ in range(20):
@@ -123,14 +123,15 @@ def render(per_call_ms: dict[str, float], calls_per_request: dict[str, int]) -> 
         "of 100 calls per client in one process; CPU is the process's, every thread "
         "(bench/dynamodb_cpu.py). `botocore`: a botocore client called through a worker "
         "thread, as the gateway did before; `gateway`: tollgate.adapters.dynamodb_http on the "
-        "event loop; `floor`: the same signed request replayed with http.client.",
+        "event loop; `http.client`: the same signed request replayed with http.client (no "
+        "signing, no retries, json.loads only). moto keeps connections alive, as DynamoDB does.",
         "",
-        "| client | CPU ms per call | × floor |",
+        "| client | CPU ms per call | × http.client |",
         "|---|---:|---:|",
     ]
-    floor = per_call_ms["floor"]
+    replay = per_call_ms["http.client"]
     for name in CLIENTS:
-        lines.append(f"| {name} | {per_call_ms[name]:.3f} | {per_call_ms[name] / floor:.2f}× |")
+        lines.append(f"| {name} | {per_call_ms[name]:.3f} | {per_call_ms[name] / replay:.2f}× |")
     saved = per_call_ms["botocore"] - per_call_ms["gateway"]
     lines += [
         "",

@@ -255,8 +255,13 @@ def render_lambda_cpu(lam: dict[str, Any]) -> list[str]:
         return [*lines, lam["status"] + ".", ""]
     lines += [
         "Each process in a cgroup v1 CPU controller of its own, quota = memory / 1,769 MB of "
-        "one CPU (Lambda's share), joined before exec so start-up counts too. Concurrency 1, "
-        f"{lam['reply_chunks']} chunks; cold start = process start to first token (median).",
+        "one CPU (Lambda's share), joined before exec. Concurrency 1, "
+        f"{lam['reply_chunks']} chunks, {lam.get('rounds', '?')} rounds × "
+        f"{lam.get('duration_s', '?')} s per target. "
+        "Cold start = process start to first token (median): "
+        "the init phase (process start to /health answering) at one full vCPU, the burst "
+        "Lambda gives on-demand functions' init (up to 10 s), then the first request under "
+        "the size's share.",
         "",
         "| memory | vCPU | target | TTFT p50 ms | +p50 vs floor | CPU ms/req (×floor) | "
         "cold first token ms |",

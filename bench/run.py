@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-trip-delay-ms", type=float, default=50.0)
     parser.add_argument("--round-trip-samples", type=int, default=10)
     parser.add_argument("--lambda-sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument(
+        "--lambda-rounds",
+        type=int,
+        default=6,
+        help="rounds per size: its TTFT decides the right size, so more samples than a cell",
+    )
     parser.add_argument("--skip-lambda", action="store_true")
     parser.add_argument(
         "--quick",
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.cold_repetitions = 1, 1.0, 2
+        args.lambda_rounds = 1
         args.round_trip_samples = 3
 
     started = time.monotonic()
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "round_trip_delay_ms": args.round_trip_delay_ms,
             "round_trip_samples": args.round_trip_samples,
             "lambda_sizes_mb": args.lambda_sizes,
+            "lambda_rounds": args.lambda_rounds,
         },
     }
     first_token_delay_s = args.first_token_delay_ms / 1000
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     moto.url,
                     log_dir,
                     sizes=args.lambda_sizes,
-                    rounds=args.rounds,
+                    rounds=args.lambda_rounds,
                     duration_s=args.duration,
                     cold_repetitions=max(1, args.cold_repetitions // 2),
                     first_token_delay_s=first_token_delay_s,
