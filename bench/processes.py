@@ -265,8 +265,11 @@ def dynamodb_client(endpoint_url: str) -> DynamoDBClient:
     )
 
 
-def async_dynamodb(endpoint_url: str) -> AsyncDynamoDB:
-    """The gateway's own DynamoDB client, with the bench's credentials."""
+def async_dynamodb(endpoint_url: str, timeout_s: float = 60.0) -> AsyncDynamoDB:
+    """The gateway's own DynamoDB client, with the bench's credentials.
+
+    Its timeout is boto3's default (60 s), not the gateway's 2 s: a bench that queues 64
+    calls on moto (one request at a time) measures throughput, not time-outs."""
     from botocore.credentials import Credentials
 
     from tollgate.adapters.dynamodb_http import AsyncDynamoDB, Endpoint
@@ -274,6 +277,8 @@ def async_dynamodb(endpoint_url: str) -> AsyncDynamoDB:
     return AsyncDynamoDB(
         Endpoint(endpoint_url, AWS_ENV["AWS_REGION"]),
         Credentials(AWS_ENV["AWS_ACCESS_KEY_ID"], AWS_ENV["AWS_SECRET_ACCESS_KEY"]),
+        connect_timeout_s=timeout_s,
+        read_timeout_s=timeout_s,
     )
 
 
