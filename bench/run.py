@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     sizes=args.lambda_sizes,
                     rounds=args.lambda_rounds,
                     duration_s=args.duration,
-                    cold_repetitions=max(1, args.cold_repetitions // 2),
+                    cold_repetitions=args.cold_repetitions,
                     first_token_delay_s=first_token_delay_s,
                     chunk_interval_s=args.chunk_interval_ms / 1000,
                 )
