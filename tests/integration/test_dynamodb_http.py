@@ -46,6 +46,7 @@ class ScriptedDynamoDB:
     steps: list[tuple[Any, ...]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     connections: int = 0
+    closed_by_client: list[int] = field(default_factory=list)
     url: str = ""
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -88,7 +89,7 @@ class ScriptedDynamoDB:
                 writer.write(response)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            return
+            self.closed_by_client.append(number)
 
     def close_idle_connections(self) -> None:
         for writer in self._writers:
@@ -275,6 +276,23 @@ async def test_a_kept_alive_connection_closed_while_idle_costs_no_attempt(
     assert [received.connection for received in scripted.received] == [1, 2]
 
 
+async def test_a_kept_alive_connection_that_drops_the_next_request_is_left_for_a_new_one(
+    scripted: ScriptedDynamoDB,
+) -> None:
+    # Given a client with one attempt whose kept-alive connection the server closes on the
+    # next request, unanswered (its idle timeout raced the request)
+    client = client_of(scripted.url, max_attempts=1)
+    await client.call("GetItem", GET)
+    scripted.steps.append(("close",))
+    scripted.answer(200, {"Item": {"pk": {"S": "a"}}})
+
+    # When the next call is made, Then it is sent again on a new connection, spending no attempt
+    response = await client.call("GetItem", GET)
+    assert response["Item"] == {"pk": {"S": "a"}}
+    assert response["ResponseMetadata"]["RetryAttempts"] == 0
+    assert [received.connection for received in scripted.received] == [1, 1, 2]
+
+
 async def test_a_slow_answer_is_a_read_timeout(scripted: ScriptedDynamoDB) -> None:
     scripted.steps.extend([("hang", 5.0)] * 2)
     with pytest.raises(ReadTimeoutError):
@@ -300,7 +318,14 @@ async def test_a_cancelled_call_does_not_leave_its_connection_in_the_pool(
     with pytest.raises(asyncio.CancelledError):
         await call
 
-    # When the next call is made, Then it gets its own answer on a new connection
+    # Then its connection is closed, not left open or pooled
+    for _ in range(50):
+        if 1 in scripted.closed_by_client:
+            break
+        await asyncio.sleep(0.02)
+    assert scripted.closed_by_client == [1]
+
+    # And the next call gets its own answer on a new connection
     scripted.answer(200, {"Item": {"pk": {"S": "mine"}}})
     response = await client.call("GetItem", GET)
     assert response["Item"] == {"pk": {"S": "mine"}}
