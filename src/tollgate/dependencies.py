@@ -46,13 +46,13 @@ class Stores:
 def dynamodb_stores(settings: Settings) -> Stores:
     from tollgate.adapters.cache_store import DynamoReplyCache
     from tollgate.adapters.conversation_store import DynamoConversationStore
-    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+    from tollgate.adapters.dynamodb_http import shared_dynamodb
     from tollgate.adapters.usage_store import (
         DynamoRequestRegistry,
         DynamoUsageStore,
     )
 
-    db = AsyncDynamoDB.from_environment(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    db = shared_dynamodb(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return Stores(
         usage=DynamoUsageStore(settings.usage_table, db),
         requests=DynamoRequestRegistry(settings.usage_table, db),
@@ -93,9 +93,9 @@ def budget_alerts(settings: Settings, recorder: CostRecorder) -> BudgetAlerts | 
     if not settings.alert_topic_arn or settings.store_backend != "dynamodb":
         return None
     from tollgate.adapters.budget_alerts import AlertLatch, BudgetAlertNotifier, SnsNotifier
-    from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+    from tollgate.adapters.dynamodb_http import shared_dynamodb
 
-    db = AsyncDynamoDB.from_environment(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
+    db = shared_dynamodb(settings.dynamodb_timeout_s, settings.dynamodb_max_attempts)
     return BudgetAlertNotifier(
         AlertLatch(settings.usage_table, db), SnsNotifier(settings.alert_topic_arn), recorder
     )

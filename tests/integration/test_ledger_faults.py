@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tollgate.adapters.aws import aws_client
+from tollgate.adapters.dynamodb_http import shared_dynamodb
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.integration
 def gateway_via_proxy(gateway_factory, fault_proxy, monkeypatch) -> Iterator[Any]:
     """A gateway whose DynamoDB calls go through the fault proxy (short timeouts, 3 tries)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", fault_proxy.url)
-    aws_client.cache_clear()
+    shared_dynamodb.cache_clear()
     try:
         with gateway_factory(dynamodb_timeout_s=0.4, dynamodb_max_attempts=3) as gateway:
             yield gateway
     finally:
-        aws_client.cache_clear()
+        shared_dynamodb.cache_clear()
 
 
 def usage_event(response) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tollgate.adapters.aws import aws_client, is_condition_failure, request_profile, run_blocking
 from tollgate.adapters.budget_keys import WINDOW_PREFIX
-from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB, shared_dynamodb
 from tollgate.budget import expires_at
 from tollgate.observability import CostRecorder
 from tollgate.ports import Account, BudgetCounters, Limits
@@ -71,7 +71,7 @@ class AlertLatch:
 
     def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
         self._table = table_name
-        self._db = db or AsyncDynamoDB.from_environment()
+        self._db = db or shared_dynamodb()
 
     async def take(self, account: Account, threshold: int) -> bool:
         """True if this call created the item (and so must notify)."""

@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tollgate.adapters.aws import as_unavailable
-from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB, shared_dynamodb
 from tollgate.ports import CachedReply
 
 SORT_KEY = "REPLY"
@@ -26,7 +26,7 @@ def cache_key(key: str) -> dict[str, Any]:
 class DynamoReplyCache:
     def __init__(self, table_name: str, db: AsyncDynamoDB | None = None) -> None:
         self._table = table_name
-        self._db = db or AsyncDynamoDB.from_environment()
+        self._db = db or shared_dynamodb()
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:

@@ -45,7 +45,7 @@ from tollgate.adapters.conversation_items import (
     turn_from_item,
     turn_key,
 )
-from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB, shared_dynamodb
 from tollgate.conversations import (
     epoch,
     is_conversation_id,
@@ -76,7 +76,7 @@ UNPROCESSED_RETRIES = 8
 class DynamoConversationStore:
     def __init__(self, table_name: str, db: AsyncDynamoDB | None = None, *, ttl_days: int) -> None:
         self._table = table_name
-        self._db = db or AsyncDynamoDB.from_environment()
+        self._db = db or shared_dynamodb()
         self._ttl = timedelta(days=ttl_days)
 
     # ------------------------------------------------------------ plumbing

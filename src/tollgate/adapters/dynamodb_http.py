@@ -33,9 +33,11 @@ import random
 import ssl
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
@@ -251,8 +253,7 @@ class _Connection(asyncio.Protocol):
 class _Pool:
     """Idle connections to one endpoint, for the event loop that opened them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.idle: list[_Connection] = []
 
     def take(self) -> _Connection | None:
@@ -344,7 +345,10 @@ class AsyncDynamoDB:
         self._read_timeout_s = read_timeout_s
         self._max_attempts = max_attempts
         self._quota = RetryQuota()
-        self._pool: _Pool | None = None
+        # Connections belong to the event loop that opened them; one pool per loop.
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_environment(
@@ -468,9 +472,9 @@ class AsyncDynamoDB:
 
     async def _exchange(self, request: bytes) -> HttpAnswer:
         loop = asyncio.get_running_loop()
-        if self._pool is None or self._pool.loop is not loop:
-            self._pool = _Pool(loop)
-        pool = self._pool
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = _Pool()
         connection = pool.take() or await self._connect(loop)
         reused = connection.used
         try:
@@ -516,11 +520,21 @@ class AsyncDynamoDB:
         return connection
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        """Close the idle connections of every event loop's pool."""
+        for pool in list(self._pools.values()):
+            pool.close()
+        self._pools.clear()
 
 
 def _note_attempts(error: Exception, retries: int) -> None:
     if isinstance(error, ClientError):
         error.response.setdefault("ResponseMetadata", {})["RetryAttempts"] = retries  # type: ignore[typeddict-item]
+
+
+@lru_cache(maxsize=8)
+def shared_dynamodb(
+    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> AsyncDynamoDB:
+    """The process's client per (timeout, attempts): its endpoint resolved once, its
+    connections shared by every store that calls DynamoDB."""
+    return AsyncDynamoDB.from_environment(timeout_s, max_attempts)

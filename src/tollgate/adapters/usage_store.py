@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tollgate.adapters.aws import as_unavailable, is_condition_failure, item_on_failure
 from tollgate.adapters.budget_keys import budget_key
-from tollgate.adapters.dynamodb_http import AsyncDynamoDB
+from tollgate.adapters.dynamodb_http import AsyncDynamoDB, shared_dynamodb
 from tollgate.ports import Account, Amount, BudgetCounters, Limits, RateWindow, RateWindowFull
 
 _COUNTERS = ("tokens", "cost_micros", "reserved_tokens", "reserved_micros", "requests")
@@ -62,7 +62,7 @@ class _Table:
 
     def __init__(self, table_name: str, db: AsyncDynamoDB | None) -> None:
         self._table = table_name
-        self._db = db or AsyncDynamoDB.from_environment()
+        self._db = db or shared_dynamodb()
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
